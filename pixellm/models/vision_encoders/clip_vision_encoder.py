@@ -1,0 +1,196 @@
+"""CLIP ViT image encoder returning the multi-scale patch features PixelLM feeds its LLM and decoder."""
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from mmengine.model import BaseModule
+from torch import nn
+
+from pixellm.registry import MODELS
+
+
+def interpolate_position_embedding(weight: torch.Tensor, new_grid: int,
+                                   layout: str = 'clip') -> torch.Tensor:
+    """Resize a CLIP position-embedding table to a ``new_grid x new_grid`` patch grid.
+
+    Args:
+        weight (Tensor): ``(1 + g*g, C)`` table, CLS row first (CLIP's layout).
+        new_grid (int): Patch grid side after resizing.
+        layout (str): ``'clip'`` keeps the CLS row first and interpolates the patch rows.
+            ``'official'`` reproduces PixelLM's ``--resize_vision_tower`` exactly: it treats the
+            last row as CLS and the first ``g*g`` rows (CLS included) as the grid, and puts the
+            CLS row last. Use it only to match weights produced by the official code.
+
+    Returns:
+        Tensor: ``(1 + new_grid**2, C)``.
+    """
+    num, dim = weight.shape
+    grid = int(round((num - 1) ** 0.5))
+    if grid * grid != num - 1:
+        raise ValueError(f'position embedding of {num} rows is not 1 + a square grid')
+    if layout == 'clip':
+        cls_row, patch_rows = weight[:1], weight[1:]
+    elif layout == 'official':
+        cls_row, patch_rows = weight[-1:], weight[:-1]
+    else:
+        raise ValueError(f"layout must be 'clip' or 'official', got {layout!r}")
+    grid_w = patch_rows.t().reshape(1, dim, grid, grid).float()
+    resized = F.interpolate(grid_w, (new_grid, new_grid), mode='bilinear', align_corners=False)
+    resized = resized[0].flatten(1).t().to(weight.dtype)
+    if layout == 'clip':
+        return torch.cat([cls_row, resized], dim=0)
+    return torch.cat([resized, cls_row], dim=0)
+
+
+@MODELS.register_module()
+class CLIPVisionEncoder(BaseModule):
+    """CLIP vision tower with PixelLM's resizing, padding mask and multi-scale layer selection.
+
+    Built from a Hugging Face checkpoint (hub name or local path, e.g.
+    ``openai/clip-vit-large-patch14-336``) or, with ``pretrained=None``, from a
+    ``CLIPVisionConfig`` dict with random weights (tests and the CPU demo).
+
+    Args:
+        pretrained (str, optional): Checkpoint name or path for ``CLIPVisionModel.from_pretrained``.
+        vision_config (dict, optional): ``CLIPVisionConfig`` kwargs, used when ``pretrained`` is
+            None (and to override checkpoint config fields otherwise is not supported).
+        image_size (int, optional): Input size after resizing the tower (PixelLM:
+            ``--resize_vision_tower_size=448``). Position embeddings are bilinearly interpolated.
+            Defaults to the checkpoint's size.
+        select_layers (Sequence[int]): Hidden-state indices, one per feature scale, in the order
+            the decoder consumes them. Scale 0 is the LLaVA select layer (``-2``); PixelLM's second
+            scale is ``-11``. Indices follow Hugging Face's ``hidden_states`` convention (0 is the
+            embedding output).
+        pos_embed_layout (str): ``'clip'`` or ``'official'``; see
+            :func:`interpolate_position_embedding`.
+        mask_padding (bool): Mask attention to patches that lie wholly in the padding added by
+            longest-side-resize-and-pad preprocessing (the official ``pad_train_clip_images``).
+        frozen (bool): Freeze all weights and run in eval mode. Defaults to True (PixelLM never
+            trains CLIP).
+        torch_dtype (str, optional): dtype for ``from_pretrained`` (``'bfloat16'``...).
+        init_cfg (dict, optional): mmengine init config.
+    """
+
+    def __init__(self,
+                 pretrained: Optional[str] = None,
+                 vision_config: Optional[Dict] = None,
+                 image_size: Optional[int] = None,
+                 select_layers: Sequence[int] = (-2, -11),
+                 pos_embed_layout: str = 'clip',
+                 mask_padding: bool = True,
+                 frozen: bool = True,
+                 torch_dtype: Optional[str] = None,
+                 init_cfg: Optional[Dict] = None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        from transformers import CLIPVisionConfig, CLIPVisionModel
+        if pretrained is not None:
+            dtype = getattr(torch, torch_dtype) if isinstance(torch_dtype, str) else torch_dtype
+            model = CLIPVisionModel.from_pretrained(pretrained, dtype=dtype)
+        elif vision_config is not None:
+            model = CLIPVisionModel(CLIPVisionConfig(**vision_config))
+        else:
+            raise ValueError('CLIPVisionEncoder needs `pretrained` (checkpoint name or path) or '
+                             '`vision_config` (CLIPVisionConfig kwargs for a randomly initialised '
+                             'tower)')
+        self.vision_model = model.vision_model
+        self.config = model.config
+        num_layers = self.config.num_hidden_layers
+        self.select_layers = [int(i) for i in select_layers]
+        for index in self.select_layers:
+            if not -(num_layers + 1) <= index <= num_layers:
+                raise ValueError(f'select layer {index} is out of range for a tower with '
+                                 f'{num_layers} layers (valid: {-(num_layers + 1)}..{num_layers})')
+        if image_size is not None and image_size != self.config.image_size:
+            self._resize(image_size, pos_embed_layout)
+        self.mask_padding = mask_padding
+        self.frozen = frozen
+        if frozen:
+            self.requires_grad_(False)
+
+    @property
+    def image_size(self) -> int:
+        return self.config.image_size
+
+    @property
+    def patch_size(self) -> int:
+        return self.config.patch_size
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def embed_dim(self) -> int:
+        return self.config.hidden_size
+
+    @property
+    def num_scales(self) -> int:
+        return len(self.select_layers)
+
+    def _resize(self, image_size: int, layout: str) -> None:
+        emb = self.vision_model.embeddings
+        if image_size % emb.patch_size:
+            raise ValueError(f'image_size {image_size} is not a multiple of the patch size '
+                             f'{emb.patch_size}')
+        new_grid = image_size // emb.patch_size
+        with torch.no_grad():
+            weight = interpolate_position_embedding(emb.position_embedding.weight, new_grid, layout)
+        emb.position_embedding = nn.Embedding(weight.shape[0], weight.shape[1],
+                                              device=weight.device, dtype=weight.dtype)
+        emb.position_embedding.weight.data.copy_(weight)
+        emb.image_size = image_size
+        emb.num_patches = new_grid * new_grid
+        emb.num_positions = emb.num_patches + 1
+        emb.register_buffer('position_ids',
+                            torch.arange(emb.num_positions, device=weight.device)[None],
+                            persistent=False)
+        self.config.image_size = image_size
+
+    def train(self, mode: bool = True) -> 'CLIPVisionEncoder':
+        # A frozen tower stays in eval mode so dropout never fires (and there is none in CLIP).
+        return super().train(mode and not self.frozen)
+
+    def _padding_mask(self, valid_hw: Sequence[Tuple[int, int]], dtype: torch.dtype,
+                      device: torch.device) -> torch.Tensor:
+        """Additive ``(B, 1, 1, 1 + P)`` mask hiding patches entirely inside the padding."""
+        grid, patch = self.grid_size, self.patch_size
+        keep = torch.zeros(len(valid_hw), grid, grid, dtype=torch.bool, device=device)
+        for i, (h, w) in enumerate(valid_hw):
+            keep[i, :max(1, -(-int(h) // patch)), :max(1, -(-int(w) // patch))] = True
+        keep = torch.cat([keep.new_ones(len(valid_hw), 1), keep.flatten(1)], dim=1)
+        mask = torch.zeros(keep.shape, dtype=dtype, device=device)
+        mask.masked_fill_(~keep, torch.finfo(dtype).min)
+        return mask[:, None, None, :]
+
+    def forward(self, images: torch.Tensor,
+                valid_hw: Optional[Sequence[Tuple[int, int]]] = None) -> List[torch.Tensor]:
+        """Encode images.
+
+        Args:
+            images (Tensor): ``(B, 3, S, S)`` normalised images, ``S == image_size``.
+            valid_hw (Sequence[tuple], optional): The (h, w) of each image before padding; used to
+                mask padded patches when ``mask_padding``.
+
+        Returns:
+            list[Tensor]: One ``(B, grid*grid, C)`` patch-feature tensor per scale (CLS dropped),
+            in ``select_layers`` order.
+        """
+        if images.shape[-2:] != (self.image_size, self.image_size):
+            raise ValueError(f'CLIPVisionEncoder expects {self.image_size}x{self.image_size} '
+                             f'inputs, got {tuple(images.shape[-2:])}')
+        vm = self.vision_model
+        dtype = vm.embeddings.patch_embedding.weight.dtype
+        hidden = vm.pre_layrnorm(vm.embeddings(images.to(dtype)))
+        mask = None
+        if self.mask_padding and valid_hw is not None:
+            mask = self._padding_mask(valid_hw, hidden.dtype, hidden.device)
+        num_layers = len(vm.encoder.layers)
+        wanted = sorted({i % (num_layers + 1) for i in self.select_layers})
+        states = {0: hidden}
+        # Layers past the deepest selected one are never run (PixelLM drops CLIP's last layer).
+        for index, layer in enumerate(vm.encoder.layers[:wanted[-1]], start=1):
+            hidden = layer(hidden, mask)
+            if isinstance(hidden, tuple):  # older transformers return (hidden_states,)
+                hidden = hidden[0]
+            states[index] = hidden
+        return [states[i % (num_layers + 1)][:, 1:] for i in self.select_layers]
