@@ -1,0 +1,10 @@
+"""Model components; importing this package registers them in ``pixellm.registry.MODELS``."""
+from .codebooks import *  # noqa: F401,F403
+from .data_preprocessors import *  # noqa: F401,F403
+from .llms import *  # noqa: F401,F403
+from .losses import *  # noqa: F401,F403
+from .pixel_decoders import *  # noqa: F401,F403
+from .projectors import *  # noqa: F401,F403
+from .segmentors import *  # noqa: F401,F403
+from .tokenizers import *  # noqa: F401,F403
+from .vision_encoders import *  # noqa: F401,F403

@@ -1,0 +1,3 @@
+from .causal_lm import HFCausalLM
+
+__all__ = ['HFCausalLM']

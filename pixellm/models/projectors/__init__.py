@@ -1,0 +1,3 @@
+from .mlp_projector import MLPProjector
+
+__all__ = ['MLPProjector']

@@ -1,0 +1,9 @@
+"""Tokenizer builders registered in ``TOKENIZERS``; importing this package registers them."""
+from .builder import build_tokenizer, configure_tokenizer
+from .pretrained_tokenizer import PretrainedTokenizer
+from .tiny_tokenizer import TINY_TOKENIZER_FILE, TinyTokenizer
+
+__all__ = [
+    'build_tokenizer', 'configure_tokenizer', 'PretrainedTokenizer', 'TinyTokenizer',
+    'TINY_TOKENIZER_FILE'
+]

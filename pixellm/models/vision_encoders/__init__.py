@@ -1,0 +1,3 @@
+from .clip_vision_encoder import CLIPVisionEncoder, interpolate_position_embedding
+
+__all__ = ['CLIPVisionEncoder', 'interpolate_position_embedding']

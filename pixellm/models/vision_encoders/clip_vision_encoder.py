@@ -92,7 +92,8 @@ class CLIPVisionEncoder(BaseModule):
             raise ValueError('CLIPVisionEncoder needs `pretrained` (checkpoint name or path) or '
                              '`vision_config` (CLIPVisionConfig kwargs for a randomly initialised '
                              'tower)')
-        self.vision_model = model.vision_model
+        # transformers 5.2x flattened CLIPVisionModel (no ``.vision_model`` child); accept both.
+        self.vision_model = getattr(model, 'vision_model', model)
         self.config = model.config
         num_layers = self.config.num_hidden_layers
         self.select_layers = [int(i) for i in select_layers]

@@ -1,0 +1,41 @@
+# PixelLM-7B as the official seed recipe builds it: LLaVA-Lightning-7B-v1-1 + CLIP ViT-L/14-336
+# resized to 448, --seg_token_num=3 --image_feature_scale_num=2 --separate_mm_projector
+# --vision_tower_for_mask --pad_train_clip_images, LoRA r8/alpha16 on q_proj,v_proj.
+# `pretrained` names are loaded when present (hub name or local path); the *_config dicts give the
+# same shapes for building without weights (tests count parameters on the meta device).
+llava_path = 'LLaVA-Lightning-7B-v1-1'   # local folder produced by LLaVA's delta merge
+clip_path = 'openai/clip-vit-large-patch14-336'
+image_size = 448                         # --resize_vision_tower_size
+seg_token_num = 3
+image_feature_scale_num = 2
+
+clip_vit_l14_336 = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                        num_attention_heads=16, image_size=336, patch_size=14,
+                        hidden_act='quick_gelu', layer_norm_eps=1e-5)
+llama_7b = dict(model_type='llama', vocab_size=32000, hidden_size=4096, intermediate_size=11008,
+                num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
+                max_position_embeddings=2048, rms_norm_eps=1e-6, tie_word_embeddings=False)
+
+model = dict(
+    type='PixelLM',
+    vision_encoder=dict(
+        type='CLIPVisionEncoder', pretrained=clip_path, vision_config=clip_vit_l14_336,
+        image_size=image_size, select_layers=(-2, -11)[:image_feature_scale_num],
+        torch_dtype='bfloat16', frozen=True),
+    llm=dict(
+        type='HFCausalLM', pretrained=llava_path, llm_config=llama_7b, torch_dtype='bfloat16',
+        attn_implementation='sdpa', gradient_checkpointing=True,
+        lora=dict(r=8, alpha=16, dropout=0.05, target_modules=['q_proj', 'v_proj'])),
+    tokenizer=dict(type='PretrainedTokenizer', name_or_path=llava_path, model_max_length=512),
+    use_im_start_end=True,                 # official --use_mm_start_end defaults to True
+    projector=dict(type='MLPProjector', hidden_ratio=2),       # mm_projector_hidden_dim = 2
+    mask_projector=dict(type='MLPProjector', hidden_ratio=2),  # out_mm_projector
+    separate_mm_projector=True,
+    codebook=dict(type='SegCodebook', tokens_per_scale=seg_token_num),
+    pixel_decoder=dict(type='PixelDecoder', embed_dim=256, depth=2, num_heads=8, mlp_dim=2048),
+    loss_lm=dict(type='LMCrossEntropyLoss', loss_weight=1.0),
+    loss_mask=dict(type='MaskBCELoss', loss_weight=2.0),
+    loss_dice=dict(type='MaskDiceLoss', loss_weight=0.5),
+    llm_image_grid=16,
+    max_new_tokens=512,
+)

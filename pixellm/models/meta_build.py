@@ -1,0 +1,53 @@
+"""Build a model's full-size architecture without weights or downloads (parameter counts, FLOPs)."""
+import copy
+from typing import Dict, Tuple
+
+import torch
+
+from pixellm.registry import MODELS
+
+
+def offline_model_cfg(model_cfg: Dict) -> Dict:
+    """Return a copy of a PixelLM model config that builds with random weights and no download.
+
+    ``pretrained`` of the vision encoder and the LLM is dropped (their ``vision_config`` /
+    ``llm_config`` give the same shapes), and a tokenizer that would be downloaded is replaced by
+    the shipped tiny tokenizer padded with filler tokens to the LLM's vocabulary size, so added
+    tokens get the ids (and the model the rows) they get with the real tokenizer.
+    """
+    cfg = copy.deepcopy(dict(model_cfg))
+    for key, shape_key in (('vision_encoder', 'vision_config'), ('llm', 'llm_config')):
+        part = dict(cfg[key])
+        if part.get('pretrained') is not None:
+            if part.get(shape_key) is None:
+                raise ValueError(f'{key} names pretrained={part["pretrained"]!r} but has no '
+                                 f'{shape_key} to build it without weights')
+            part['pretrained'] = None
+        cfg[key] = part
+    tokenizer = dict(cfg['tokenizer'])
+    if tokenizer.get('type') != 'TinyTokenizer':
+        vocab = cfg['llm']['llm_config']['vocab_size']
+        from pixellm.models.tokenizers import build_tokenizer
+        tiny_vocab = len(build_tokenizer(dict(type='TinyTokenizer')))
+        cfg['tokenizer'] = dict(
+            type='TinyTokenizer', model_max_length=tokenizer.get('model_max_length', 512),
+            extra_tokens=[f'<filler_{i}>' for i in range(vocab - tiny_vocab)])
+    return cfg
+
+
+def build_on_meta(model_cfg: Dict) -> torch.nn.Module:
+    """Build a model config on the ``meta`` device: full architecture, no memory for weights."""
+    with torch.device('meta'):
+        return MODELS.build(offline_model_cfg(model_cfg))
+
+
+def count_parameters(model: torch.nn.Module) -> Tuple[int, int]:
+    """Return ``(total, trainable)`` parameter counts (shared tensors counted once)."""
+    seen, total, trainable = set(), 0, 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+        trainable += p.numel() if p.requires_grad else 0
+    return total, trainable

@@ -1,0 +1,3 @@
+from .pixellm import PixelLM
+
+__all__ = ['PixelLM']

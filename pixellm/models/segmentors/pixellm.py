@@ -1,0 +1,373 @@
+"""PixelLM: an LLM that answers with text and any number of masks, assembled from config parts."""
+import copy
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from mmengine.model import BaseModel
+from mmengine.structures import InstanceData
+
+from pixellm.registry import MODELS
+from pixellm.structures import PixelLMDataSample
+from pixellm.utils.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+
+# Id written at image-feature positions of the expanded sequence; never a vocabulary id.
+_IMAGE_SLOT = -1
+
+_REQUIRED = ('vision_encoder', 'llm', 'tokenizer', 'projector', 'codebook', 'pixel_decoder',
+             'loss_lm', 'loss_mask', 'loss_dice')
+
+
+def _fill(cfg: Dict, **derived) -> Dict:
+    """Copy ``cfg`` and set each derived key the user did not set explicitly."""
+    cfg = copy.deepcopy(dict(cfg))
+    for key, value in derived.items():
+        cfg.setdefault(key, value)
+    return cfg
+
+
+@MODELS.register_module()
+class PixelLM(BaseModel):
+    """PixelLM (Ren et al., CVPR 2024) built entirely from its components' configs.
+
+    Data flow: the vision encoder gives multi-scale patch features; the select-layer features,
+    downsampled to ``llm_image_grid``², go through ``projector`` into the LLM in place of the
+    ``<image>`` token; the LLM answers with text in which each target is written as the codebook's
+    tokens; the hidden states that emit those tokens, with every scale's features projected by
+    ``mask_projector``, go to the pixel decoder, which returns one mask per target.
+
+    Keys the configs may leave out are derived from the built parts (projector widths, codebook
+    scales, decoder widths and grid), so a config states each fact once; when a config does set
+    them, mismatches raise an error saying what to change.
+
+    Args:
+        vision_encoder (dict): e.g. ``CLIPVisionEncoder``.
+        llm (dict): e.g. ``HFCausalLM``.
+        tokenizer (dict): Tokenizer config (``TinyTokenizer``, ``PretrainedTokenizer``).
+        projector (dict): Vision -> LLM projector (``mm_projector``).
+        codebook (dict): ``SegCodebook``.
+        pixel_decoder (dict): ``PixelDecoder``.
+        loss_lm (dict): Text loss, e.g. ``LMCrossEntropyLoss``.
+        loss_mask (dict): Pixel loss, ``MaskBCELoss`` or ``TargetRefinementLoss``.
+        loss_dice (dict): ``MaskDiceLoss``.
+        mask_projector (dict, optional): Projector of the decoder's features
+            (``out_mm_projector``); used when ``separate_mm_projector``.
+        separate_mm_projector (bool): Give the decoder its own projector (PixelLM-7B/13B). With
+            False the decoder reuses ``projector``. Defaults to True.
+        llm_image_grid (int, optional): Side of the image-token grid the LLM sees (official 16:
+            256 tokens). None uses the encoder grid.
+        mask_padded_image_tokens (bool): Hide image tokens that lie wholly in the padding from the
+            LLM (official behaviour). Defaults to True.
+        use_im_start_end (bool): The chat template wraps the image in ``<im_start>``/``<im_end>``.
+        max_new_tokens (int): Generation budget in ``predict``. Defaults to 128.
+        data_preprocessor (dict, optional): Defaults to ``PixelLMDataPreprocessor`` at the
+            encoder size.
+        init_cfg (dict, optional): mmengine init config.
+    """
+
+    def __init__(self,
+                 vision_encoder: Optional[Dict] = None,
+                 llm: Optional[Dict] = None,
+                 tokenizer: Optional[Dict] = None,
+                 projector: Optional[Dict] = None,
+                 codebook: Optional[Dict] = None,
+                 pixel_decoder: Optional[Dict] = None,
+                 loss_lm: Optional[Dict] = None,
+                 loss_mask: Optional[Dict] = None,
+                 loss_dice: Optional[Dict] = None,
+                 mask_projector: Optional[Dict] = None,
+                 separate_mm_projector: bool = True,
+                 llm_image_grid: Optional[int] = 16,
+                 mask_padded_image_tokens: bool = True,
+                 use_im_start_end: bool = False,
+                 max_new_tokens: int = 128,
+                 data_preprocessor: Optional[Dict] = None,
+                 init_cfg: Optional[Dict] = None) -> None:
+        given = dict(vision_encoder=vision_encoder, llm=llm, tokenizer=tokenizer,
+                     projector=projector, codebook=codebook, pixel_decoder=pixel_decoder,
+                     loss_lm=loss_lm, loss_mask=loss_mask, loss_dice=loss_dice)
+        missing = [k for k in _REQUIRED if given[k] is None]
+        if missing:
+            raise ValueError(f'PixelLM config is missing {missing}; each of {list(_REQUIRED)} '
+                             'must be a component config such as dict(type=...) (see '
+                             'configs/_base_/models/pixellm_tiny.py)')
+        if separate_mm_projector and mask_projector is None:
+            raise ValueError('separate_mm_projector=True needs a mask_projector config (the '
+                             'official out_mm_projector); add one or set '
+                             'separate_mm_projector=False to share the LLM projector')
+        encoder = MODELS.build(vision_encoder)
+        size = encoder.image_size
+        if data_preprocessor is None:
+            data_preprocessor = dict(type='PixelLMDataPreprocessor', size=size)
+        elif isinstance(data_preprocessor, dict):
+            data_preprocessor = _fill(data_preprocessor, size=size)
+        super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        if getattr(self.data_preprocessor, 'size', size) != size:
+            raise ValueError(f'data_preprocessor pads to {self.data_preprocessor.size} but the '
+                             f'vision encoder takes {size}x{size} inputs; set both to one size')
+        self.vision_encoder = encoder
+        self.llm = MODELS.build(llm)
+        from pixellm.models.tokenizers import build_tokenizer
+        self.tokenizer = build_tokenizer(
+            _fill(tokenizer, use_im_start_end=use_im_start_end) if isinstance(tokenizer, dict)
+            else tokenizer)
+        hidden = self.llm.hidden_size
+        feat_dim = encoder.embed_dim
+        self.projector = MODELS.build(_fill(projector, in_channels=feat_dim, out_channels=hidden))
+        self._check_width('projector', self.projector, feat_dim, hidden)
+        self.separate_mm_projector = separate_mm_projector
+        if separate_mm_projector:
+            self.mask_projector = MODELS.build(
+                _fill(mask_projector, in_channels=feat_dim, out_channels=hidden))
+            self._check_width('mask_projector', self.mask_projector, feat_dim, None)
+            mask_feat_dim = self.mask_projector.out_channels
+        else:
+            self.mask_projector = None
+            mask_feat_dim = hidden
+        self.codebook = MODELS.build(_fill(codebook, num_scales=encoder.num_scales))
+        if self.codebook.num_scales != encoder.num_scales:
+            raise ValueError(f'codebook has {self.codebook.num_scales} scale(s) but the vision '
+                             f'encoder returns {encoder.num_scales} (select_layers='
+                             f'{encoder.select_layers}); make them equal')
+        self.pixel_decoder = MODELS.build(_fill(
+            pixel_decoder, in_channels=hidden, feat_channels=mask_feat_dim,
+            grid_size=encoder.grid_size, input_size=size, num_scales=self.codebook.num_scales,
+            tokens_per_scale=self.codebook.tokens_per_scale))
+        self.pixel_decoder.check_codebook(self.codebook.num_scales,
+                                          self.codebook.tokens_per_scale)
+        dec = self.pixel_decoder
+        if (dec.in_channels, dec.feat_channels, dec.grid_size) != \
+                (hidden, mask_feat_dim, encoder.grid_size):
+            raise ValueError(
+                f'pixel decoder (in_channels={dec.in_channels}, feat_channels='
+                f'{dec.feat_channels}, grid_size={dec.grid_size}) does not match the model '
+                f'(LLM width {hidden}, decoder feature width {mask_feat_dim}, encoder grid '
+                f'{encoder.grid_size}); drop these keys from the decoder config to derive them')
+        self.loss_lm = MODELS.build(loss_lm)
+        self.loss_mask = MODELS.build(loss_mask)
+        self.loss_dice = MODELS.build(loss_dice)
+        self.llm_image_grid = llm_image_grid or encoder.grid_size
+        self.mask_padded_image_tokens = mask_padded_image_tokens
+        self.use_im_start_end = use_im_start_end
+        self.max_new_tokens = max_new_tokens
+        self._extend_vocabulary()
+
+    @staticmethod
+    def _check_width(name, module, in_dim, out_dim) -> None:
+        if module.in_channels != in_dim or (out_dim is not None and module.out_channels != out_dim):
+            raise ValueError(f'{name} maps {module.in_channels} -> {module.out_channels} channels '
+                             f'but the model needs {in_dim} -> {out_dim or "any"}; drop '
+                             'in_channels/out_channels from its config to derive them')
+
+    def _extend_vocabulary(self) -> None:
+        """Add the codebook tokens to the tokenizer and give every added token a trainable row."""
+        self.codebook.add_to_tokenizer(self.tokenizer)
+        base = self.llm.base_vocab_size
+        if min(self.codebook.token_ids) < base:
+            raise ValueError(
+                f'codebook token ids {self.codebook.token_ids} fall inside the LLM\'s '
+                f'base vocabulary of {base}; their rows would be frozen. Use a tokenizer whose '
+                'base vocabulary matches the LLM')
+        self.llm.add_token_rows(len(self.tokenizer) - self.llm.vocab_size)
+
+    # ------------------------------------------------------------------ shared pieces
+    @property
+    def pad_token_id(self) -> int:
+        return self.tokenizer.pad_token_id
+
+    @property
+    def eos_token_id(self) -> int:
+        return self.tokenizer.eos_token_id
+
+    def _valid_hw(self, data_samples: Sequence[PixelLMDataSample], size: int) -> List[Tuple]:
+        return [tuple(s.metainfo.get('img_shape', (size, size))) for s in data_samples]
+
+    def encode_images(self, images: torch.Tensor, valid_hw: Sequence[Tuple[int, int]]):
+        """Return ``(llm_tokens (B, g'², H), llm_token_mask (B, g'²), decoder_feats [(B, g², C)])``."""
+        feats = self.vision_encoder(images, valid_hw)
+        g = self.vision_encoder.grid_size
+        select = feats[0]
+        b, n, c = select.shape
+        grid = select.transpose(1, 2).reshape(b, c, g, g)
+        k = self.llm_image_grid
+        if k != g:
+            grid = F.interpolate(grid.float(), (k, k), mode='bilinear',
+                                 align_corners=False).to(select.dtype)
+        llm_tokens = self.projector(grid.flatten(2).transpose(1, 2))
+        patch = self.vision_encoder.patch_size
+        keep = torch.zeros(b, 1, g, g, device=images.device)
+        for i, (h, w) in enumerate(valid_hw):
+            keep[i, :, :max(1, -(-int(h) // patch)), :max(1, -(-int(w) // patch))] = 1
+        if not self.mask_padded_image_tokens:
+            keep.fill_(1)
+        token_mask = F.interpolate(keep, (k, k), mode='nearest').flatten(1).bool()
+        projector = self.mask_projector if self.separate_mm_projector else self.projector
+        decoder_feats = [projector(f) for f in feats]
+        return llm_tokens, token_mask, decoder_feats
+
+    def _splice(self, ids: torch.Tensor, image_tokens: torch.Tensor, image_mask: torch.Tensor,
+                labels: Optional[torch.Tensor] = None):
+        """Replace the single image id of ``ids`` with the image tokens.
+
+        Returns:
+            tuple: embeddings (L', H), expanded ids (L', ``_IMAGE_SLOT`` at image positions),
+            attention mask (L',), labels (L') or None.
+        """
+        where = torch.nonzero(ids == IMAGE_TOKEN_INDEX).flatten()
+        if len(where) != 1:
+            raise ValueError(f'each conversation needs exactly one image token '
+                             f'({IMAGE_TOKEN_INDEX}), found {len(where)}')
+        p = int(where[0])
+        n = image_tokens.shape[0]
+        text = torch.cat([ids[:p], ids[p + 1:]])
+        text_emb = self.llm.embed(text[None])[0]
+        emb = torch.cat([text_emb[:p], image_tokens.to(text_emb.dtype), text_emb[p:]])
+        slot = ids.new_full((n,), _IMAGE_SLOT)
+        exp_ids = torch.cat([ids[:p], slot, ids[p + 1:]])
+        mask = torch.cat([ids.new_ones(p), image_mask.long(), ids.new_ones(len(ids) - p - 1)])
+        exp_labels = None
+        if labels is not None:
+            exp_labels = torch.cat([labels[:p], labels.new_full((n,), IGNORE_INDEX),
+                                    labels[p + 1:]])
+        return emb, exp_ids, mask, exp_labels
+
+    def _batch_sequences(self, ids_list, image_tokens, image_mask, labels_list=None,
+                         left_pad: bool = False):
+        embs, exp_ids, masks, labs = [], [], [], []
+        for i, ids in enumerate(ids_list):
+            e, x, m, l = self._splice(ids.to(image_tokens.device), image_tokens[i], image_mask[i],
+                                      None if labels_list is None
+                                      else labels_list[i].to(image_tokens.device))
+            embs.append(e), exp_ids.append(x), masks.append(m), labs.append(l)
+        length = max(len(x) for x in exp_ids)
+        hidden = embs[0].shape[-1]
+        b = len(ids_list)
+        emb_out = embs[0].new_zeros(b, length, hidden)
+        ids_out = exp_ids[0].new_full((b, length), self.pad_token_id)
+        mask_out = masks[0].new_zeros(b, length)
+        lab_out = exp_ids[0].new_full((b, length), IGNORE_INDEX)
+        for i in range(b):
+            n = len(exp_ids[i])
+            sl = slice(length - n, length) if left_pad else slice(0, n)
+            emb_out[i, sl] = embs[i]
+            ids_out[i, sl] = exp_ids[i]
+            mask_out[i, sl] = masks[i]
+            if labs[i] is not None:
+                lab_out[i, sl] = labs[i]
+        return emb_out, ids_out, mask_out, (lab_out if labels_list is not None else None)
+
+    @staticmethod
+    def _position_ids(mask: torch.Tensor) -> torch.Tensor:
+        # Padded image tokens keep their slot in the position count, as in the official code.
+        pos = torch.arange(mask.shape[1], device=mask.device)[None].expand_as(mask)
+        first = (mask.cumsum(1) == 0).sum(1, keepdim=True)  # left padding length
+        return (pos - first).clamp(min=0)
+
+    # ------------------------------------------------------------------ modes
+    def forward(self, inputs: torch.Tensor, data_samples: Optional[List] = None,
+                mode: str = 'tensor'):
+        """mmengine entry point: ``mode`` is ``'loss'``, ``'predict'`` or ``'tensor'``."""
+        if data_samples is None:
+            raise ValueError('PixelLM needs data_samples carrying input_ids (and masks to train)')
+        if mode == 'loss':
+            return self.loss(inputs, data_samples)
+        if mode == 'predict':
+            return self.predict(inputs, data_samples)
+        if mode == 'tensor':
+            return self._teacher_forced(inputs, data_samples)
+        raise ValueError(f"mode must be 'loss', 'predict' or 'tensor', got {mode!r}")
+
+    def _teacher_forced(self, inputs, data_samples) -> Dict:
+        valid_hw = self._valid_hw(data_samples, inputs.shape[-1])
+        llm_tokens, token_mask, dec_feats = self.encode_images(inputs, valid_hw)
+        labels = [s.labels for s in data_samples] if all('labels' in s for s in data_samples) \
+            else None
+        emb, ids, mask, labels = self._batch_sequences([s.input_ids for s in data_samples],
+                                                       llm_tokens, token_mask, labels)
+        out = self.llm(emb, attention_mask=mask, position_ids=self._position_ids(mask))
+        states = self.codebook.gather(out['hidden'], ids, strict=True)
+        low_res = self.pixel_decoder(states, dec_feats)
+        masks = [self.pixel_decoder.postprocess(m, hw, tuple(s.metainfo['ori_shape']))
+                 for m, hw, s in zip(low_res, valid_hw, data_samples)]
+        return dict(logits=out['logits'], labels=labels, mask_logits=masks, low_res=low_res)
+
+    def loss(self, inputs: torch.Tensor, data_samples: List[PixelLMDataSample]) -> Dict:
+        """Teacher-forced text and mask losses, as separate terms."""
+        out = self._teacher_forced(inputs, data_samples)
+        gts = []
+        for i, (pred, sample) in enumerate(zip(out['mask_logits'], data_samples)):
+            gt = sample.gt_instances.masks
+            gt = torch.as_tensor(gt, device=pred.device)
+            if gt.shape[0] != pred.shape[0]:
+                raise ValueError(
+                    f'sample {i} ({sample.metainfo.get("img_path", "?")}): the answer writes '
+                    f'{pred.shape[0]} target(s) but {gt.shape[0]} mask(s) were given; every '
+                    'target in the answer needs exactly one ground-truth mask, in answer order')
+            gts.append(gt)
+        losses = dict()
+        losses[self.loss_lm.loss_name] = self.loss_lm(out['logits'], out['labels'])
+        losses[self.loss_mask.loss_name] = self.loss_mask(out['mask_logits'], gts)
+        losses[self.loss_dice.loss_name] = self.loss_dice(out['mask_logits'], gts)
+        return losses
+
+    @torch.no_grad()
+    def generate(self, inputs: torch.Tensor, data_samples: List[PixelLMDataSample],
+                 max_new_tokens: Optional[int] = None):
+        """Greedy decoding with a KV cache.
+
+        Returns:
+            tuple: generated ids ``(B, T)`` (pad after EOS), the hidden states aligned with
+            ``[last prompt token] + generated`` ``(B, T + 1, H)``, the aligned ids ``(B, T + 1)``
+            and the decoder features.
+        """
+        max_new = max_new_tokens or self.max_new_tokens
+        valid_hw = self._valid_hw(data_samples, inputs.shape[-1])
+        llm_tokens, token_mask, dec_feats = self.encode_images(inputs, valid_hw)
+        prompts = [s.prompt_ids for s in data_samples]
+        emb, ids, mask, _ = self._batch_sequences(prompts, llm_tokens, token_mask, left_pad=True)
+        pos = self._position_ids(mask)
+        out = self.llm(emb, attention_mask=mask, position_ids=pos, use_cache=True)
+        cache = out['past_key_values']
+        b = emb.shape[0]
+        last_ids = ids[:, -1]
+        states = [out['hidden'][:, -1]]
+        generated = []
+        finished = torch.zeros(b, dtype=torch.bool, device=emb.device)
+        next_pos = pos[:, -1]
+        for _ in range(max_new):
+            logits = out['logits'][:, -1]
+            token = logits.argmax(-1)
+            token = torch.where(finished, torch.full_like(token, self.pad_token_id), token)
+            generated.append(token)
+            finished = finished | (token == self.eos_token_id)
+            mask = torch.cat([mask, (~finished | (token == self.eos_token_id)).long()[:, None]], 1)
+            next_pos = next_pos + 1
+            out = self.llm(self.llm.embed(token[:, None]), attention_mask=mask,
+                           position_ids=next_pos[:, None], past_key_values=cache, use_cache=True)
+            cache = out['past_key_values']
+            states.append(out['hidden'][:, -1])
+            if bool(finished.all()):
+                break
+        gen = torch.stack(generated, 1) if generated else ids.new_zeros(b, 0)
+        aligned_ids = torch.cat([last_ids[:, None], gen], 1)
+        return gen, torch.stack(states, 1), aligned_ids, dec_feats, valid_hw
+
+    def predict(self, inputs: torch.Tensor,
+                data_samples: List[PixelLMDataSample]) -> List[PixelLMDataSample]:
+        """Generate each answer, decode one mask per target it writes, fill ``pred_instances``."""
+        gen, states, aligned, dec_feats, valid_hw = self.generate(inputs, data_samples)
+        # Tokens after EOS are padding; they must not be read as targets.
+        after_eos = (gen == self.eos_token_id).long().cumsum(1) > 0
+        clean = aligned.clone()
+        clean[:, 1:][after_eos] = self.pad_token_id
+        targets = self.codebook.gather(states, clean, strict=False)
+        low_res = self.pixel_decoder(targets, dec_feats)
+        for i, sample in enumerate(data_samples):
+            ids = gen[i][~after_eos[i]].tolist()
+            sample.set_metainfo(dict(pred_text=self.tokenizer.decode(ids).strip()))
+            logits = self.pixel_decoder.postprocess(low_res[i], valid_hw[i],
+                                                    tuple(sample.metainfo['ori_shape']))
+            fg = logits > 0
+            scores = (logits.sigmoid() * fg).flatten(1).sum(1) / (fg.flatten(1).sum(1) + 1e-6)
+            sample.pred_instances = InstanceData(masks=fg.cpu(), scores=scores.float().cpu())
+        return data_samples
