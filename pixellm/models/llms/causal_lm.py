@@ -85,8 +85,12 @@ class HFCausalLM(BaseModule):
             model.requires_grad_(False)
         if gradient_checkpointing:
             # Non-reentrant checkpointing works with frozen inputs_embeds (no input grads needed).
-            model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs=dict(use_reentrant=False))
+            # transformers 5.2x renamed the switch; older releases only have the first name.
+            enable = getattr(model, 'activation_checkpointing_enable', None) or \
+                model.gradient_checkpointing_enable
+            kwargs_name = 'activation_checkpointing_kwargs' if enable.__name__.startswith(
+                'activation') else 'gradient_checkpointing_kwargs'
+            enable(**{kwargs_name: dict(use_reentrant=False)})
         model.config.use_cache = False
         self.base_vocab_size = model.get_input_embeddings().weight.shape[0]
         self.lora_cfg = dict(lora) if lora else None

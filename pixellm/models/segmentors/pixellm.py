@@ -107,10 +107,6 @@ class PixelLM(BaseModel):
                              f'vision encoder takes {size}x{size} inputs; set both to one size')
         self.vision_encoder = encoder
         self.llm = MODELS.build(llm)
-        from pixellm.models.tokenizers import build_tokenizer
-        self.tokenizer = build_tokenizer(
-            _fill(tokenizer, use_im_start_end=use_im_start_end) if isinstance(tokenizer, dict)
-            else tokenizer)
         hidden = self.llm.hidden_size
         feat_dim = encoder.embed_dim
         self.projector = MODELS.build(_fill(projector, in_channels=feat_dim, out_channels=hidden))
@@ -125,6 +121,7 @@ class PixelLM(BaseModel):
             self.mask_projector = None
             mask_feat_dim = hidden
         self.codebook = MODELS.build(_fill(codebook, num_scales=encoder.num_scales))
+        self.tokenizer = self._build_tokenizer(tokenizer, use_im_start_end)
         if self.codebook.num_scales != encoder.num_scales:
             raise ValueError(f'codebook has {self.codebook.num_scales} scale(s) but the vision '
                              f'encoder returns {encoder.num_scales} (select_layers='
@@ -158,6 +155,31 @@ class PixelLM(BaseModel):
             raise ValueError(f'{name} maps {module.in_channels} -> {module.out_channels} channels '
                              f'but the model needs {in_dim} -> {out_dim or "any"}; drop '
                              'in_channels/out_channels from its config to derive them')
+
+    def _build_tokenizer(self, cfg, use_im_start_end: bool):
+        """Build the tokenizer with the codebook tokens added before ``<im_start>/<im_end>``.
+
+        That is the official order, so ids match official checkpoints; the data pipeline must
+        build its tokenizer from the same config (configs share one ``tokenizer`` dict that
+        lists the codebook tokens in ``extra_tokens``).
+        """
+        from pixellm.models.tokenizers import build_tokenizer
+        if not isinstance(cfg, dict):
+            return build_tokenizer(cfg)
+        cfg = _fill(cfg, use_im_start_end=use_im_start_end)
+        extra = list(cfg.get('extra_tokens', []))
+        tokens = list(self.codebook.tokens)
+        present = [t for t in extra if t in tokens]
+        if present and present != tokens:
+            raise ValueError(
+                f'tokenizer extra_tokens list {present} of the codebook tokens; list all of '
+                f'{tokens}, in order, or none (the model then appends them)')
+        if not present:
+            cfg['extra_tokens'] = extra + tokens
+        if bool(cfg['use_im_start_end']) != bool(use_im_start_end):
+            raise ValueError(f'tokenizer use_im_start_end={cfg["use_im_start_end"]} but the model '
+                             f'has use_im_start_end={use_im_start_end}; set one value')
+        return build_tokenizer(cfg)
 
     def _extend_vocabulary(self) -> None:
         """Add the codebook tokens to the tokenizer and give every added token a trainable row."""

@@ -1,0 +1,68 @@
+"""Shared fixtures: the tiny model config and hand-made conversations with known targets."""
+import os.path as osp
+import sys
+
+import pytest
+import torch
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+TINY_MODEL_CFG = osp.join(REPO, 'configs', '_base_', 'models', 'pixellm_tiny.py')
+
+
+@pytest.fixture(autouse=True, scope='session')
+def _pixellm_scope():
+    from mmengine.registry import init_default_scope
+    init_default_scope('pixellm')
+    import pixellm.models  # noqa: F401
+    yield
+
+
+def tiny_model_cfg(**overrides):
+    """The tiny PixelLM model config as a plain dict, with top-level overrides applied."""
+    from mmengine.config import Config
+    cfg = Config.fromfile(TINY_MODEL_CFG).model.to_dict()
+    cfg.update(overrides)
+    return cfg
+
+
+def build_tiny(seed=0, **overrides):
+    from pixellm.registry import MODELS
+    torch.manual_seed(seed)
+    return MODELS.build(tiny_model_cfg(**overrides))
+
+
+def make_sample(model, num_targets, hw=(80, 100), ori=(160, 200), question='Segment them.',
+                seed=0):
+    """A data sample whose answer names ``num_targets`` targets, with random gt masks."""
+    from mmengine.structures import InstanceData
+
+    from pixellm.datasets.chat_templates import encode_conversation, encode_prompt
+    from pixellm.structures import PixelLMDataSample
+    g = torch.Generator().manual_seed(seed)
+    if num_targets:
+        answer = 'They are ' + ' and '.join([model.codebook.target_text] * num_targets) + '.'
+    else:
+        answer = 'There is no such object.'
+    user = dict(role='user', content='<image>\n' + question)
+    messages = [user, dict(role='assistant', content=answer)]
+    enc = encode_conversation(messages, model.tokenizer, 'vicuna_v1')
+    sample = PixelLMDataSample(metainfo=dict(ori_shape=ori, img_path=f'img{seed}.png',
+                                             question=question, answer=answer))
+    sample.input_ids = enc['input_ids']
+    sample.labels = enc['labels']
+    sample.prompt_ids = encode_prompt([user], model.tokenizer, 'vicuna_v1')
+    sample.gt_instances = InstanceData(masks=torch.rand(num_targets, *ori, generator=g) > 0.5)
+    image = torch.randint(0, 256, (3, *hw), dtype=torch.uint8, generator=g)
+    return image, sample
+
+
+def make_batch(model, targets=(2, 0, 1)):
+    images, samples = [], []
+    for i, n in enumerate(targets):
+        img, s = make_sample(model, n, hw=(80 - 10 * i, 100 - 20 * i), ori=(40 + 8 * i, 50),
+                             seed=i)
+        images.append(img)
+        samples.append(s)
+    return model.data_preprocessor(dict(inputs=images, data_samples=samples), True)

@@ -1,0 +1,74 @@
+"""LLM backbone: LoRA placement, added token rows, cache consistency, checkpointing."""
+import pytest
+import torch
+
+from pixellm.models.llms import HFCausalLM
+
+LCFG = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
+            tie_word_embeddings=False)
+
+
+def test_lora_trains_only_adapters_and_new_rows():
+    llm = HFCausalLM(llm_config=LCFG, lora=dict(r=4, alpha=8, dropout=0.0,
+                                                target_modules=['q_proj', 'v_proj']))
+    llm.add_token_rows(3)
+    names = {n for n, p in llm.named_parameters() if p.requires_grad}
+    assert {'new_embed', 'new_head'} <= names
+    others = names - {'new_embed', 'new_head'}
+    assert others and all('lora_' in n and ('q_proj' in n or 'v_proj' in n) for n in others)
+    assert len(others) == 2 * 2 * 2  # layers x (q, v) x (A, B)
+
+
+def test_no_lora_freezes_everything_but_new_rows():
+    llm = HFCausalLM(llm_config=LCFG)
+    llm.add_token_rows(2)
+    assert {n for n, p in llm.named_parameters() if p.requires_grad} == {'new_embed', 'new_head'}
+    with pytest.raises(ValueError, match='unknown LoRA option'):
+        HFCausalLM(llm_config=LCFG, lora=dict(rank=4))
+
+
+def test_added_rows_route_embeddings_and_logits():
+    torch.manual_seed(0)
+    llm = HFCausalLM(llm_config=LCFG)
+    ids = llm.add_token_rows(2)
+    assert ids == [64, 65] and llm.vocab_size == 66
+    table = llm.hf_model.get_input_embeddings().weight
+    torch.testing.assert_close(llm.new_embed[0], table.mean(0))
+    with torch.no_grad():
+        llm.new_embed.copy_(torch.randn(2, 32))
+        llm.new_head.copy_(torch.randn(2, 32))
+    emb = llm.embed(torch.tensor([[3, 65, 64]]))
+    torch.testing.assert_close(emb[0, 0], table[3])
+    torch.testing.assert_close(emb[0, 1], llm.new_embed[1])
+    h = torch.randn(1, 2, 32)
+    logits = llm.logits(h)
+    assert logits.shape == (1, 2, 66)
+    torch.testing.assert_close(logits[..., 64:], h @ llm.new_head.t())
+    with pytest.raises(ValueError, match='add_token_rows'):
+        llm.embed(torch.tensor([[66]]))
+
+
+def test_kv_cache_matches_full_forward():
+    torch.manual_seed(0)
+    llm = HFCausalLM(llm_config=LCFG).eval()
+    ids = torch.tensor([[1, 5, 9, 13, 17]])
+    full = llm(llm.embed(ids))['logits']
+    out = llm(llm.embed(ids[:, :3]), use_cache=True)
+    step = llm(llm.embed(ids[:, 3:4]), attention_mask=torch.ones(1, 4, dtype=torch.long),
+               past_key_values=out['past_key_values'], use_cache=True)
+    torch.testing.assert_close(step['logits'][:, -1], full[:, 3], atol=1e-5, rtol=1e-4)
+
+
+def test_gradient_checkpointing_gives_same_gradients():
+    grads = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        llm = HFCausalLM(llm_config=LCFG, gradient_checkpointing=ckpt,
+                         lora=dict(r=4, alpha=8, dropout=0.0))
+        llm.train()
+        llm.add_token_rows(1)
+        out = llm(llm.embed(torch.tensor([[1, 2, 64, 3]])))
+        out['logits'].sum().backward()
+        grads.append(llm.new_embed.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1])

@@ -1,0 +1,78 @@
+"""CLIP vision encoder: resizing, layer selection against transformers, padding mask."""
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import CLIPVisionConfig, CLIPVisionModel
+
+from pixellm.models.vision_encoders import CLIPVisionEncoder, interpolate_position_embedding
+
+VCFG = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+            image_size=56, patch_size=14)
+
+
+def test_interpolation_keeps_cls_and_resizes_grid():
+    weight = torch.randn(1 + 4 * 4, 8)
+    out = interpolate_position_embedding(weight, 6, 'clip')
+    assert out.shape == (1 + 36, 8)
+    assert torch.equal(out[0], weight[0])
+    grid = weight[1:].t().reshape(1, 8, 4, 4)
+    expected = F.interpolate(grid, (6, 6), mode='bilinear', align_corners=False)[0]
+    torch.testing.assert_close(out[1:], expected.flatten(1).t())
+    # Same grid size is the identity on the patch rows.
+    torch.testing.assert_close(interpolate_position_embedding(weight, 4)[1:], weight[1:])
+
+
+def test_official_layout_treats_last_row_as_cls():
+    weight = torch.randn(1 + 9, 4)
+    out = interpolate_position_embedding(weight, 3, 'official')
+    assert torch.equal(out[-1], weight[-1])
+    torch.testing.assert_close(out[:-1], weight[:-1])
+    with pytest.raises(ValueError, match='layout'):
+        interpolate_position_embedding(weight, 3, 'other')
+
+
+def test_features_match_transformers_hidden_states():
+    torch.manual_seed(0)
+    enc = CLIPVisionEncoder(vision_config=VCFG, select_layers=(-2, -4), mask_padding=False)
+    ref = CLIPVisionModel(CLIPVisionConfig(**VCFG))
+    ref.load_state_dict({k: v for k, v in enc.vision_model.state_dict().items()}, strict=True)
+    images = torch.randn(2, 3, 56, 56)
+    feats = enc(images)
+    hidden = ref(pixel_values=images, output_hidden_states=True).hidden_states
+    assert [f.shape for f in feats] == [(2, 16, 32)] * 2
+    torch.testing.assert_close(feats[0], hidden[-2][:, 1:])
+    torch.testing.assert_close(feats[1], hidden[-4][:, 1:])
+
+
+def test_resized_encoder_runs_at_new_size_and_is_frozen():
+    enc = CLIPVisionEncoder(vision_config=VCFG, image_size=84, select_layers=(-2,))
+    assert enc.grid_size == 6 and enc.image_size == 84
+    assert not any(p.requires_grad for p in enc.parameters())
+    enc.train()
+    assert not enc.training  # a frozen tower stays in eval mode
+    assert enc(torch.randn(1, 3, 84, 84))[0].shape == (1, 36, 32)
+    with pytest.raises(ValueError, match='84x84'):
+        enc(torch.randn(1, 3, 56, 56))
+
+
+def test_padding_mask_makes_valid_patches_ignore_padding():
+    torch.manual_seed(0)
+    enc = CLIPVisionEncoder(vision_config=VCFG, select_layers=(-2,), mask_padding=True)
+    a = torch.randn(1, 3, 56, 56)
+    b = a.clone()
+    b[..., 28:, :] = torch.randn(1, 3, 28, 56)  # change only the padded bottom half
+    fa = enc(a, valid_hw=[(28, 56)])[0].view(1, 4, 4, -1)
+    fb = enc(b, valid_hw=[(28, 56)])[0].view(1, 4, 4, -1)
+    torch.testing.assert_close(fa[:, :2], fb[:, :2])
+    # Without the mask the padding leaks into the valid patches.
+    nomask = CLIPVisionEncoder(vision_config=VCFG, select_layers=(-2,), mask_padding=False)
+    nomask.load_state_dict(enc.state_dict())
+    assert not torch.allclose(nomask(a)[0].view(1, 4, 4, -1)[:, :2],
+                              nomask(b)[0].view(1, 4, 4, -1)[:, :2])
+
+
+def test_bad_select_layer_and_missing_weights_errors():
+    with pytest.raises(ValueError, match='out of range'):
+        CLIPVisionEncoder(vision_config=VCFG, select_layers=(-9,))
+    with pytest.raises(ValueError, match='pretrained'):
+        CLIPVisionEncoder()
