@@ -1,0 +1,393 @@
+"""From a MUSE record to a tokenized conversation: pick a question, write the conversation (the
+dataset's map step), expand target placeholders to codebook tokens, tokenize with a chat template.
+
+Question and composed-answer templates are the official ones (``utils/utils.py`` of PixelLM), with
+``{seg}`` standing for one target until :class:`ExpandSegTokens` writes the codebook tokens.
+"""
+from typing import List, Optional, Sequence
+
+import numpy as np
+import torch
+from mmcv.transforms import BaseTransform
+
+from pixellm.datasets.chat_templates import encode_conversation, encode_prompt
+from pixellm.datasets.muse_dataset import DatasetFormatError, record_context
+from pixellm.models.codebooks.tokens import (codebook_token_strings, count_seg_placeholders,
+                                             expand_seg_placeholders)
+from pixellm.registry import TRANSFORMS
+from pixellm.utils.constants import DEFAULT_IMAGE_TOKEN, SEG_PLACEHOLDER
+
+# The official LONG_QUESTION_LIST: a MUSE question is a full sentence, the template asks for masks.
+LONG_QUESTION_TEMPLATES = (
+    '{sent} Please respond with segmentation mask.',
+    '{sent} Please output segmentation mask.',
+)
+# The official EXPAND_LONG_QUESTION_LIST, appended with ``--use_expand_question_list``.
+EXPAND_LONG_QUESTION_TEMPLATES = (
+    '{sent} Provide the segmentation mask.',
+    '{sent} Output the segmentation mask.',
+    '{sent} Please show the segmentation mask.',
+    "{sent} I'd appreciate segmentation masks.",
+    '{sent} Please highlight the segmentation mask.',
+)
+# The official MR_SINGLE_ANSWER_LIST: one clause per target, "<name> is <target>".
+SINGLE_ANSWER_TEMPLATES = ('{class_name} is {seg}.', )
+# The official MR_MULTI_ANSWER_LIST: all names, then all targets.
+MULTI_ANSWER_TEMPLATES = (
+    '{class_name} are {seg}, separately.',
+    '{class_name} are {seg}.',
+    'Sure, {class_name} are {seg}, separately.',
+    'Sure, {class_name} are {seg}.',
+    'the segmentation result of {class_name} are {seg}.',
+    'the segmentation result of {class_name} are {seg}, separately.',
+    'Sure, the segmentation result of {class_name} are {seg}.',
+    'Sure, the segmentation result of {class_name} are {seg}, separately.',
+)
+
+
+def join_items(items: Sequence[str]) -> str:
+    """Join as the official answers do: ``'a'``, ``'a and b'``, ``'a, b and c'``."""
+    items = list(items)
+    if len(items) <= 1:
+        return ''.join(items)
+    return ', '.join(items[:-1]) + ' and ' + items[-1]
+
+
+def compose_answer(names: Sequence[str], separate: bool, multi_template: str) -> str:
+    """Compose an answer with one ``{seg}`` per target from the targets' names (official rule).
+
+    Args:
+        names (Sequence[str]): One name per target, in answer order.
+        separate (bool): One clause per target (``'red circle is {seg} and cat is {seg}.'``);
+            otherwise ``multi_template`` names all targets at once.
+        multi_template (str): A :data:`MULTI_ANSWER_TEMPLATES` entry (``{class_name}``, ``{seg}``).
+
+    Returns:
+        str: The answer, with ``len(names)`` placeholders.
+    """
+    if separate:
+        single = SINGLE_ANSWER_TEMPLATES[0]
+        # The official code drops each clause's final '.' and puts one back after the last.
+        clauses = [single.format(class_name=name, seg=SEG_PLACEHOLDER)[:-1] for name in names]
+        return join_items(clauses) + '.'
+    return multi_template.format(class_name=', '.join(names).lower(),
+                                 seg=join_items([SEG_PLACEHOLDER] * len(names)))
+
+
+@TRANSFORMS.register_module()
+class SampleQuestion(BaseTransform):
+    """Choose the question of this sample and its targets.
+
+    Training items (no ``question_index``) draw a question uniformly with ``np.random``, which
+    mmengine seeds per dataloader worker; test items carry the ``question_index`` that
+    ``MUSEDataset(test_mode=True)`` fixed, so evaluation is deterministic.
+
+    Every target of the chosen question is kept, in answer order. That is what the official MUSE
+    loader does: its ``num_classes_per_question`` (3 in the seed recipe) is accepted but never
+    read by ``MultiReasonSegDataset``; it only matters for the semantic/referring segmentation
+    datasets, where ``allocate_class`` spreads up to ``num_classes_per_sample *
+    num_classes_per_question`` sampled classes over questions of at most
+    ``num_classes_per_question`` each. A MUSE question's targets are fixed by its text (and its
+    ``text_answers`` sentence), so dropping some would make the answer wrong.
+
+    Required keys: ``questions``, ``answers``, ``text_answers``. Optional: ``question_index``.
+    Added keys: ``question_index``, ``question`` (raw text), ``targets`` (instance dicts),
+    ``text_answer`` (str or None), ``num_targets``.
+    """
+
+    def transform(self, results: dict) -> dict:
+        """Pick the question.
+
+        Args:
+            results (dict): Data info from ``MUSEDataset``.
+
+        Returns:
+            dict: ``results`` with the chosen question's fields.
+        """
+        questions = results['questions']
+        q = results.get('question_index')
+        if q is None:
+            q = int(np.random.randint(len(questions)))
+        targets = results['answers'][q]
+        results['question_index'] = q
+        results['question'] = questions[q]
+        results['targets'] = targets
+        results['text_answer'] = results['text_answers'][q]
+        results['num_targets'] = len(targets)
+        return results
+
+
+@TRANSFORMS.register_module()
+class BuildMuseConversation(BaseTransform):
+    """The dataset's map step: a MUSE question and its answer as a neutral two-turn conversation.
+
+    The user turn is ``'<image>\\n' + template.format(sent=question)`` with a template from the
+    official ``LONG_QUESTION_LIST`` (plus ``EXPAND_LONG_QUESTION_LIST`` when
+    ``use_expand_question_list``). The assistant turn is the record's text answer; without one it
+    is composed as the official loader does: each target is named by its ``rephrased_name`` with
+    probability ``rephrased_name_prob`` (when it has one) and by its ``category_name`` otherwise;
+    then with equal chance either one clause per target (``'X is {seg}, Y is {seg} and Z is
+    {seg}.'``) or one ``MR_MULTI_ANSWER_LIST`` sentence (``'Sure, x, y, z are {seg}, {seg} and
+    {seg}.'``).
+
+    With ``deterministic=True`` (use it in test pipelines) the first question template is used and
+    a composed answer names each target by ``rephrased_name`` (falling back to
+    ``category_name``, as the official validation loader names instances) with one clause per
+    target. The official validation loader draws the question template at random even at test
+    time; a fixed one makes evaluation reproducible.
+
+    Required keys: ``question``, ``targets``, ``text_answer``.
+    Added keys: ``conversation`` (list of ``dict(role, content)``), ``answer`` (with ``{seg}``).
+
+    Args:
+        use_expand_question_list (bool): Add the five expanded templates (seed recipe: True).
+            Defaults to False.
+        rephrased_name_prob (float): Probability of naming a target by its ``rephrased_name`` in
+            a composed answer. Defaults to 0.9 (official).
+        deterministic (bool): No random choice (test pipelines). Defaults to False.
+    """
+
+    def __init__(self, use_expand_question_list: bool = False, rephrased_name_prob: float = 0.9,
+                 deterministic: bool = False) -> None:
+        if not 0.0 <= rephrased_name_prob <= 1.0:
+            raise ValueError(f'rephrased_name_prob must be in [0, 1], got {rephrased_name_prob}')
+        self.question_templates: List[str] = list(LONG_QUESTION_TEMPLATES)
+        if use_expand_question_list:
+            self.question_templates.extend(EXPAND_LONG_QUESTION_TEMPLATES)
+        self.use_expand_question_list = use_expand_question_list
+        self.rephrased_name_prob = rephrased_name_prob
+        self.deterministic = deterministic
+
+    def _choice(self, options: Sequence[str]) -> str:
+        return options[0] if self.deterministic else options[np.random.randint(len(options))]
+
+    def _target_name(self, inst: dict) -> str:
+        rephrased = inst.get('rephrased_name')
+        if rephrased and (self.deterministic or np.random.rand() < self.rephrased_name_prob):
+            return rephrased
+        return inst['category_name']
+
+    def transform(self, results: dict) -> dict:
+        """Write the conversation.
+
+        Args:
+            results (dict): Pipeline dict after ``SampleQuestion``.
+
+        Returns:
+            dict: ``results`` with ``conversation`` and ``answer``.
+        """
+        question = self._choice(self.question_templates).format(sent=results['question'])
+        answer = results['text_answer']
+        if answer is None:
+            names = [self._target_name(inst) for inst in results['targets']]
+            separate = True if self.deterministic else bool(np.random.randint(2))
+            answer = compose_answer(names, separate, self._choice(MULTI_ANSWER_TEMPLATES))
+        results['conversation'] = [
+            dict(role='user', content=f'{DEFAULT_IMAGE_TOKEN}\n{question}'),
+            dict(role='assistant', content=answer),
+        ]
+        results['answer'] = answer
+        return results
+
+    def __repr__(self) -> str:
+        return (f'{self.__class__.__name__}(use_expand_question_list='
+                f'{self.use_expand_question_list}, rephrased_name_prob='
+                f'{self.rephrased_name_prob}, deterministic={self.deterministic})')
+
+
+@TRANSFORMS.register_module()
+class ExpandSegTokens(BaseTransform):
+    """Replace each ``{seg}`` in the assistant turns by one target's codebook tokens.
+
+    A target becomes ``num_scales * tokens_per_scale`` tokens (``[SEG0] ... [SEG5]`` by default,
+    the seed recipe's 2 scales x 3 tokens). The placeholders must match the targets one to one,
+    since the model pairs the k-th target's tokens with the k-th mask.
+
+    Required keys: ``conversation``, and ``gt_masks`` (or ``num_targets`` when masks are not
+    decoded). Updated keys: ``conversation``, ``answer``. Added keys: ``codebook_tokens``.
+
+    Args:
+        num_scales (int): Image-feature scales. Defaults to 2.
+        tokens_per_scale (int): Tokens per scale. Defaults to 3.
+        token_format (str): Token string format. Defaults to ``'[SEG{}]'``.
+
+    Raises:
+        DatasetFormatError: The number of placeholders differs from the number of masks.
+    """
+
+    def __init__(self, num_scales: int = 2, tokens_per_scale: int = 3,
+                 token_format: str = '[SEG{}]') -> None:
+        self.tokens = codebook_token_strings(num_scales, tokens_per_scale, token_format)
+        self.num_scales = num_scales
+        self.tokens_per_scale = tokens_per_scale
+        self.token_format = token_format
+
+    def transform(self, results: dict) -> dict:
+        """Expand the placeholders.
+
+        Args:
+            results (dict): Pipeline dict after ``BuildMuseConversation``.
+
+        Returns:
+            dict: ``results`` with expanded ``conversation`` and ``answer``.
+        """
+        if 'gt_masks' in results:
+            expected = len(results['gt_masks'])
+        elif 'num_targets' in results:
+            expected = results['num_targets']
+        else:
+            raise KeyError('ExpandSegTokens needs "gt_masks" (DecodeTargetMasks) or '
+                           '"num_targets" (SampleQuestion) to check the answer')
+        conversation = results['conversation']
+        found = sum(count_seg_placeholders(m['content']) for m in conversation
+                    if m['role'] == 'assistant')
+        if found != expected:
+            ctx = record_context(results)
+            q = results.get('question_index', '?')
+            relation = 'more' if found > expected else 'fewer'
+            raise DatasetFormatError(
+                ctx['file'], f'{ctx["record"]}, question {q}', f'text_answers[{q}]',
+                f'{relation} {SEG_PLACEHOLDER} than instances: {found} {SEG_PLACEHOLDER} in the '
+                f'answer for {expected} target masks')
+        results['conversation'] = [
+            dict(m, content=expand_seg_placeholders(m['content'], self.tokens))
+            if m['role'] == 'assistant' else dict(m) for m in conversation
+        ]
+        answers = [m['content'] for m in results['conversation'] if m['role'] == 'assistant']
+        if answers:
+            results['answer'] = answers[-1]
+        results['codebook_tokens'] = list(self.tokens)
+        return results
+
+    def __repr__(self) -> str:
+        return (f'{self.__class__.__name__}(num_scales={self.num_scales}, tokens_per_scale='
+                f'{self.tokens_per_scale}, token_format={self.token_format!r})')
+
+
+# The tokenizer of the default pipeline must know the default codebook's tokens.
+DEFAULT_TOKENIZER = dict(type='TinyTokenizer', extra_tokens=tuple(codebook_token_strings(2, 3)))
+
+
+@TRANSFORMS.register_module()
+class TokenizeConversation(BaseTransform):
+    """Tokenize the conversation with a chat template: ``input_ids``, ``labels``, ``prompt_ids``.
+
+    ``labels`` supervise the answers only (see ``encode_conversation``); ``prompt_ids`` encode the
+    conversation without its final answer and end with the assistant's role tag, for generation.
+    The tokenizer is built on first use from ``tokenizer`` (the same config the model uses, so the
+    codebook tokens get the same ids) and kept.
+
+    Length: ``max_length`` counts ids with the image as one placeholder id; the LLM sees
+    ``num_image_tokens - 1`` more positions (the official recipe's 512-token budget with 256 image
+    tokens is ``max_length=257``, its ``model_max_length - 255``). A longer conversation is cut to
+    ``max_length`` ids only when every codebook token survives (the cut then costs trailing text
+    such as the final ``'</s>'``). When the cut would drop a target's codebook tokens the official
+    code truncates silently, leaving a mask without its tokens; here it raises
+    :class:`DatasetFormatError` naming the record and the question, so the data or ``max_length``
+    can be fixed rather than train on a misaligned sample.
+
+    Required keys: ``conversation``. Optional: ``codebook_tokens`` (from ``ExpandSegTokens``; a
+    conversation without it has no targets to protect and is cut like any text).
+    Added keys: ``input_ids``, ``labels``, ``prompt_ids`` (``torch.LongTensor``).
+
+    Args:
+        tokenizer (dict | PreTrainedTokenizerBase): Tokenizer config for ``build_tokenizer`` or
+            a tokenizer. Defaults to the tiny tokenizer with the default codebook's tokens
+            (:data:`DEFAULT_TOKENIZER`).
+        template (str): Chat template name. Defaults to ``'vicuna_v1'``.
+        max_length (int, optional): Maximum ids per sample (see above); None for no limit.
+            Defaults to 512.
+        use_im_start_end (bool): Wrap the image in ``<im_start>``/``<im_end>``. Defaults to False.
+
+    Raises:
+        DatasetFormatError: Truncation would drop codebook tokens.
+        ValueError: The tokenizer does not hold a codebook token as one token (checked for every
+            sample that went through ``ExpandSegTokens``).
+    """
+
+    def __init__(self, tokenizer=DEFAULT_TOKENIZER, template: str = 'vicuna_v1',
+                 max_length: Optional[int] = 512, use_im_start_end: bool = False) -> None:
+        if max_length is not None and max_length < 1:
+            raise ValueError(f'max_length must be positive or None, got {max_length}')
+        self.tokenizer_cfg = tokenizer
+        self._tokenizer = None
+        self._codebook_id_cache: dict = {}
+        self.template = template
+        self.max_length = max_length
+        self.use_im_start_end = use_im_start_end
+
+    @property
+    def tokenizer(self):
+        """The tokenizer, built on first use."""
+        if self._tokenizer is None:
+            from pixellm.models.tokenizers import build_tokenizer
+            self._tokenizer = build_tokenizer(self.tokenizer_cfg)
+        return self._tokenizer
+
+    def _codebook_ids(self, tokens: Sequence[str]) -> List[int]:
+        tokens = tuple(tokens)
+        if tokens not in self._codebook_id_cache:
+            ids = []
+            for token in tokens:
+                encoded = self.tokenizer.encode(token, add_special_tokens=False)
+                if len(encoded) != 1:
+                    raise ValueError(
+                        f'the tokenizer splits codebook token {token!r} into {len(encoded)} ids; '
+                        'add the codebook tokens to the tokenizer config (extra_tokens=...) that '
+                        'both the model and the pipeline use')
+                ids.append(encoded[0])
+            self._codebook_id_cache[tokens] = ids
+        return self._codebook_id_cache[tokens]
+
+    def transform(self, results: dict) -> dict:
+        """Tokenize.
+
+        Args:
+            results (dict): Pipeline dict after ``ExpandSegTokens``.
+
+        Returns:
+            dict: ``results`` with ``input_ids``, ``labels`` and ``prompt_ids``.
+        """
+        conversation = results['conversation']
+        encoded = encode_conversation(conversation, self.tokenizer, template=self.template,
+                                      max_length=None, use_im_start_end=self.use_im_start_end)
+        input_ids, labels = encoded['input_ids'], encoded['labels']
+        # Checked on every sample, not only when truncating: a tokenizer that splits the codebook
+        # tokens trains the wrong ids silently.
+        codebook_ids = self._codebook_ids(results.get('codebook_tokens', ()))
+        if self.max_length is not None and len(input_ids) > self.max_length:
+            lost = int(torch.isin(input_ids[self.max_length:],
+                                  torch.tensor(codebook_ids, dtype=torch.long)).sum())
+            if lost:
+                ctx = record_context(results)
+                q = results.get('question_index', '?')
+                raise DatasetFormatError(
+                    ctx['file'], f'{ctx["record"]}, question {q}', 'conversation',
+                    f'the conversation has {len(input_ids)} ids; cutting it to max_length='
+                    f'{self.max_length} would drop {lost} codebook token(s) of its targets; '
+                    'raise max_length or shorten the question/answer')
+            # encode_conversation checks that the image and some supervision survive the cut.
+            encoded = encode_conversation(conversation, self.tokenizer, template=self.template,
+                                          max_length=self.max_length,
+                                          use_im_start_end=self.use_im_start_end)
+            input_ids, labels = encoded['input_ids'], encoded['labels']
+        results['input_ids'] = input_ids
+        results['labels'] = labels
+        results['prompt_ids'] = encode_prompt(conversation[:-1], self.tokenizer,
+                                              template=self.template,
+                                              use_im_start_end=self.use_im_start_end)
+        return results
+
+    def __getstate__(self) -> dict:
+        # Workers rebuild the tokenizer from its config instead of unpickling a built one.
+        state = dict(self.__dict__)
+        if isinstance(self.tokenizer_cfg, dict):
+            state['_tokenizer'] = None
+            state['_codebook_id_cache'] = {}
+        return state
+
+    def __repr__(self) -> str:
+        return (f'{self.__class__.__name__}(tokenizer={self.tokenizer_cfg!r}, template='
+                f'{self.template!r}, max_length={self.max_length}, use_im_start_end='
+                f'{self.use_im_start_end})')
+
