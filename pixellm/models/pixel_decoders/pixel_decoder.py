@@ -132,7 +132,7 @@ class PixelDecoder(BaseModule):
         tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = torch.cat([tokens[None].expand(n, -1, -1), prompts[:, None]], dim=1)
         tokens = tokens + self.level_embed.weight[level]
-        src = feats.expand(n, -1, -1, -1)
+        src = feats if feats.shape[0] == n else feats.expand(n, -1, -1, -1)
         dense = self.no_mask_embed.weight.reshape(1, -1, 1, 1)
         if level == 0:
             pe = self.pe_layer((src.shape[-2], src.shape[-1]))
@@ -177,26 +177,27 @@ class PixelDecoder(BaseModule):
                 raise ValueError(f'image features have {f.shape[1]} tokens, expected {g}x{g}')
             maps.append(f.transpose(1, 2).reshape(f.shape[0], f.shape[2], g, g))
         feats = torch.stack(maps, dim=1)  # (B, scales, C, g, g)
+        counts = [int(t.shape[0]) for t in target_states]
         out_size = self.low_res_size
-        results = []
-        for b, states in enumerate(target_states):
-            if states.shape[0] == 0:
-                results.append(feats.new_zeros(0, out_size, out_size))
-                continue
-            prompts = self.embed_targets(states)
-            necked = self.image_feature_neck(feats[b].to(prompts.dtype))  # (scales, E, g, g)
-            fused = None
-            previous = None
-            for level in range(self.num_scales):
-                masks = self._decode_level(necked[level:level + 1], prompts[:, level], level,
-                                           previous)
-                previous = masks
-                up = F.interpolate(masks[:, None].float(), (out_size, out_size), mode='bilinear',
-                                   align_corners=False)[:, 0].to(masks.dtype)
-                term = self.scale_fusion[level].to(up.dtype) * up
-                fused = term if fused is None else fused + term
-            results.append(fused)
-        return results
+        total = sum(counts)
+        if total == 0:
+            return [feats.new_zeros(0, out_size, out_size) for _ in counts]
+        # All targets of the batch are decoded together; each sees its own image's features.
+        prompts = self.embed_targets(torch.cat([t for t in target_states if t.shape[0]]))
+        b, s = feats.shape[:2]
+        necked = self.image_feature_neck(feats.flatten(0, 1).to(prompts.dtype))
+        necked = necked.view(b, s, *necked.shape[1:])
+        owner = torch.repeat_interleave(torch.arange(len(counts), device=prompts.device),
+                                        torch.tensor(counts, device=prompts.device))
+        fused, previous = None, None
+        for level in range(self.num_scales):
+            masks = self._decode_level(necked[owner, level], prompts[:, level], level, previous)
+            previous = masks
+            up = F.interpolate(masks[:, None].float(), (out_size, out_size), mode='bilinear',
+                               align_corners=False)[:, 0].to(masks.dtype)
+            term = self.scale_fusion[level].to(up.dtype) * up
+            fused = term if fused is None else fused + term
+        return list(fused.split(counts))
 
     def postprocess(self, low_res: torch.Tensor, valid_hw: Tuple[int, int],
                     ori_shape: Tuple[int, int]) -> torch.Tensor:

@@ -1,0 +1,82 @@
+# The offline demo: the tiny PixelLM trained on the generated MUSE-format dataset on a CPU.
+# `make demo` generates the data (tools/misc/generate_demo_data.py), trains with tools/train.py and
+# evaluates with tools/test.py. Same classes, pipeline and metric as the GPU recipes.
+from mmengine.config import read_base
+
+with read_base():
+    from .._base_.models.pixellm_tiny import *  # noqa: F401,F403
+
+data_root = 'data/muse_demo/'
+max_iters = 3000
+batch_size = 8
+
+# One tokenizer config for the model and the pipeline, so both agree on the codebook ids.
+codebook_tokens = ['[SEG0]', '[SEG1]', '[SEG2]', '[SEG3]', '[SEG4]', '[SEG5]']
+tokenizer = dict(type='TinyTokenizer', extra_tokens=codebook_tokens, model_max_length=512)
+model.update(  # noqa: F405
+    tokenizer=tokenizer,
+    # The tiny CLIP has random weights, so the demo trains it; a real CLIP stays frozen.
+    vision_encoder=dict(model['vision_encoder'], frozen=False))  # noqa: F405
+
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='SampleQuestion'),
+    dict(type='DecodeTargetMasks'),
+    dict(type='BuildMuseConversation'),
+    dict(type='ExpandSegTokens', num_scales=image_feature_scale_num,  # noqa: F405
+         tokens_per_scale=seg_token_num),  # noqa: F405
+    dict(type='TokenizeConversation', tokenizer=tokenizer, template='vicuna_v1', max_length=512),
+    dict(type='ResizeLongestSide', size=image_size),  # noqa: F405
+    dict(type='PackPixelLMInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='SampleQuestion'),
+    dict(type='DecodeTargetMasks'),
+    dict(type='BuildMuseConversation', deterministic=True),
+    dict(type='ExpandSegTokens', num_scales=image_feature_scale_num,  # noqa: F405
+         tokens_per_scale=seg_token_num),  # noqa: F405
+    dict(type='TokenizeConversation', tokenizer=tokenizer, template='vicuna_v1', max_length=512),
+    dict(type='ResizeLongestSide', size=image_size),  # noqa: F405
+    dict(type='PackPixelLMInputs'),
+]
+
+train_dataloader = dict(
+    batch_size=batch_size, num_workers=1, persistent_workers=True,
+    sampler=dict(type='InfiniteSampler', shuffle=True),
+    dataset=dict(type='MUSEDataset', data_root=data_root, ann_file='muse_train.json',
+                 data_prefix=dict(img_path='images'), pipeline=train_pipeline))
+test_dataloader = dict(
+    batch_size=16, num_workers=1, persistent_workers=False,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    dataset=dict(type='MUSEDataset', data_root=data_root, ann_file='muse_val.json',
+                 data_prefix=dict(img_path='images'), pipeline=test_pipeline, test_mode=True))
+test_evaluator = dict(type='ReasonSegMetric')
+val_dataloader = test_dataloader
+val_evaluator = test_evaluator
+
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters + 1)
+val_cfg = None
+test_cfg = dict(type='TestLoop')
+
+optim_wrapper = dict(
+    type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=1e-3, betas=(0.9, 0.95), weight_decay=0.0),
+    clip_grad=dict(max_norm=1.0))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=100),
+    dict(type='CosineAnnealingLR', by_epoch=False, begin=100, end=max_iters, eta_min=1e-5),
+]
+
+default_scope = 'pixellm'
+default_hooks = dict(
+    timer=dict(type='IterTimerHook'),
+    logger=dict(type='LoggerHook', interval=50),
+    param_scheduler=dict(type='ParamSchedulerHook'),
+    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=500, max_keep_ckpts=2),
+    sampler_seed=dict(type='DistSamplerSeedHook'))
+env_cfg = dict(cudnn_benchmark=False, dist_cfg=dict(backend='gloo'))
+randomness = dict(seed=0)
+log_level = 'INFO'
+load_from = None
+resume = False
