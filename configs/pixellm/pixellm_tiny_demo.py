@@ -7,7 +7,7 @@ with read_base():
     from .._base_.models.pixellm_tiny import *  # noqa: F401,F403
 
 data_root = 'data/muse_demo/'
-max_iters = 3000
+max_iters = 1800
 batch_size = 8
 
 # One tokenizer config for the model and the pipeline, so both agree on the codebook ids.
@@ -15,8 +15,10 @@ codebook_tokens = ['[SEG0]', '[SEG1]', '[SEG2]', '[SEG3]', '[SEG4]', '[SEG5]']
 tokenizer = dict(type='TinyTokenizer', extra_tokens=codebook_tokens, model_max_length=512)
 model.update(  # noqa: F405
     tokenizer=tokenizer,
-    # The tiny CLIP has random weights, so the demo trains it; a real CLIP stays frozen.
-    vision_encoder=dict(model['vision_encoder'], frozen=False))  # noqa: F405
+    # The tiny CLIP and LLaMA have random weights, so the demo trains them whole; with real
+    # CLIP/LLaVA weights (the 7B/13B recipes) CLIP stays frozen and the LLM gets LoRA.
+    vision_encoder=dict(model['vision_encoder'], frozen=False),  # noqa: F405
+    llm=dict(model['llm'], freeze=False, lora=None))  # noqa: F405
 
 train_pipeline = [
     dict(type='LoadImageFromFile'),
@@ -52,10 +54,11 @@ test_dataloader = dict(
     dataset=dict(type='MUSEDataset', data_root=data_root, ann_file='muse_val.json',
                  data_prefix=dict(img_path='images'), pipeline=test_pipeline, test_mode=True))
 test_evaluator = dict(type='ReasonSegMetric')
-val_dataloader = test_dataloader
-val_evaluator = test_evaluator
+# No validation during the short demo run; tools/test.py evaluates the final checkpoint.
+val_dataloader = None
+val_evaluator = None
 
-train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters + 1)
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters)
 val_cfg = None
 test_cfg = dict(type='TestLoop')
 
@@ -80,3 +83,4 @@ randomness = dict(seed=0)
 log_level = 'INFO'
 load_from = None
 resume = False
+log_processor = dict(by_epoch=False, window_size=50)

@@ -351,4 +351,8 @@ class MUSEDataset(BaseDataset):
                     record_index=index,
                     ann_file=self.ann_file, height=height, width=width,
                     questions=list(questions), answers=kept_answers,
-                    text_answers=list(text_answers))
+                    text_answers=list(text_answers),
+                    # Every object of the image (COCO ``ann_list``), for analysis tools such as
+                    # the union-of-all-objects baseline; not used by the pipeline.
+                    all_segmentations=[ann['segmentation'] for ann in record.get('ann_list', [])
+                                       if isinstance(ann, dict) and 'segmentation' in ann])

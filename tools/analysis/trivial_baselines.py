@@ -1,0 +1,76 @@
+"""Score trivial predictors on a config's test split with the same metric as the model.
+
+Predictors: every target empty, every target the full image, every target the union of all
+objects in the image (COCO ``ann_list``). A model that learned anything must beat all three.
+
+Usage: python tools/analysis/trivial_baselines.py CONFIG [--out FILE.json]
+"""
+import argparse
+import json
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+
+
+def trivial_predictions(info, gt_masks):
+    """Return ``{name: (N, H, W) bool}`` for the three trivial predictors of one question."""
+    import numpy as np
+
+    from pixellm.datasets.transforms.loading import decode_segmentation
+    n, h, w = gt_masks.shape
+    union = np.zeros((h, w), dtype=bool)
+    for segm in info.get('all_segmentations', []):
+        union |= decode_segmentation(segm, h, w).astype(bool)
+    return dict(empty=np.zeros((n, h, w), dtype=bool), full=np.ones((n, h, w), dtype=bool),
+                union_of_objects=np.repeat(union[None], n, axis=0))
+
+
+def evaluate_baselines(dataset_cfg, metric_cfg=None):
+    """Return ``{predictor: metrics}`` over every question of ``dataset_cfg``."""
+    import numpy as np
+    import torch
+
+    from pixellm.datasets.transforms.loading import decode_segmentation
+    from pixellm.registry import DATASETS, METRICS
+    cfg = dict(dataset_cfg)
+    cfg['pipeline'] = []
+    cfg['test_mode'] = True
+    dataset = DATASETS.build(cfg)
+    metrics = {}
+    for index in range(len(dataset)):
+        info = dataset.get_data_info(index)
+        q = info['question_index']
+        h, w = info['height'], info['width']
+        gt = np.stack([decode_segmentation(t['segmentation'], h, w).astype(bool)
+                       for t in info['answers'][q]])
+        for name, pred in trivial_predictions(info, gt).items():
+            if name not in metrics:
+                metrics[name] = METRICS.build(metric_cfg or dict(type='ReasonSegMetric'))
+            sample = dict(gt_instances=dict(masks=torch.from_numpy(gt)),
+                          pred_instances=dict(masks=torch.from_numpy(pred)))
+            metrics[name].process({}, [sample])
+    return {name: m.compute_metrics(m.results) for name, m in metrics.items()}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('config')
+    parser.add_argument('--out', help='write the results as json here')
+    args = parser.parse_args()
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    init_default_scope('pixellm')
+    import pixellm.datasets  # noqa: F401
+    import pixellm.evaluation  # noqa: F401
+    cfg = Config.fromfile(args.config)
+    results = evaluate_baselines(cfg.test_dataloader.dataset, cfg.get('test_evaluator'))
+    for name, res in results.items():
+        print(f'{name:<18} gIoU {res["gIoU"]:.4f}  cIoU {res["cIoU"]:.4f}')
+    if args.out:
+        with open(args.out, 'w') as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,60 @@
+"""Test a checkpoint and print every metric: ``python tools/test.py CONFIG CHECKPOINT``.
+
+The checkpoint is loaded with pixellm's allow-listed ``weights_only`` loader (see
+``pixellm.engine.checkpoint``); ``--trust-checkpoint`` lifts the allow-list for a trusted file.
+"""
+import argparse
+import os.path as osp
+import sys
+
+# Run from a checkout without installing: the repository root holds the pixellm package.
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+from pixellm.engine.runner_utils import (add_common_arguments, build_runner,  # noqa: E402
+                                         format_metrics, load_tool_config, set_show_dir)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Parse the command line.
+
+    Args:
+        argv (list[str], optional): Arguments; ``None`` reads ``sys.argv``.
+
+    Returns:
+        argparse.Namespace: The parsed arguments.
+    """
+    parser = argparse.ArgumentParser(description='Test a pixellm checkpoint')
+    parser.add_argument('config', help='config file')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--show-dir', help='write mask overlay PNGs of the predictions here')
+    add_common_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    """Build the runner, load the checkpoint, test, and print the metrics.
+
+    Args:
+        argv (list[str], optional): Command-line arguments; ``None`` reads ``sys.argv``.
+
+    Returns:
+        dict: The metrics returned by ``runner.test()``.
+    """
+    args = parse_args(argv)
+    if not osp.isfile(args.checkpoint):
+        raise SystemExit(f'tools/test.py: checkpoint {args.checkpoint!r} does not exist.')
+    cfg = load_tool_config(args)
+    cfg.load_from = args.checkpoint
+    cfg.resume = False
+    if args.show_dir:
+        set_show_dir(cfg, osp.abspath(args.show_dir))
+
+    runner = build_runner(cfg)
+    metrics = runner.test()
+    if runner.rank == 0:
+        print(format_metrics(metrics, title=f'Test metrics of {args.checkpoint}'), flush=True)
+    return metrics
+
+
+if __name__ == '__main__':
+    main()
