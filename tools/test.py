@@ -4,12 +4,15 @@ The checkpoint is loaded with pixellm's allow-listed ``weights_only`` loader (se
 ``pixellm.engine.checkpoint``); ``--trust-checkpoint`` lifts the allow-list for a trusted file.
 """
 import argparse
+import json
+import os
 import os.path as osp
 import sys
 
 # Run from a checkout without installing: the repository root holds the pixellm package.
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
+from pixellm.engine.checkpoint import atomic_write_text  # noqa: E402
 from pixellm.engine.runner_utils import (add_common_arguments, build_runner,  # noqa: E402
                                          format_metrics, load_tool_config, set_show_dir)
 
@@ -27,6 +30,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('config', help='config file')
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('--show-dir', help='write mask overlay PNGs of the predictions here')
+    parser.add_argument('--out', help='also write the metrics to this json file')
     add_common_arguments(parser)
     return parser.parse_args(argv)
 
@@ -53,6 +57,12 @@ def main(argv=None) -> dict:
     metrics = runner.test()
     if runner.rank == 0:
         print(format_metrics(metrics, title=f'Test metrics of {args.checkpoint}'), flush=True)
+        if args.out:
+            out_dir = osp.dirname(osp.abspath(args.out))
+            os.makedirs(out_dir, exist_ok=True)
+            atomic_write_text(json.dumps(
+                {k: (float(v) if isinstance(v, (int, float)) else v) for k, v in metrics.items()},
+                indent=2), args.out)
     return metrics
 
 
