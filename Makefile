@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test clean
+.PHONY: install test demo clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,11 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# Generate the MUSE-format demo data (if absent), train the tiny PixelLM on the CPU, evaluate,
+# write overlays and print gIoU/cIoU next to the trivial predictors (tools/misc/run_demo.py).
+demo: $(STAMP)
+	$(PY) tools/misc/run_demo.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

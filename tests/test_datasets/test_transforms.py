@@ -407,3 +407,13 @@ def test_test_items_cover_every_question_once():
         np.random.seed(seed)
         assert dataset[2]['data_samples'].metainfo['answer'] == \
             f'small yellow cat is {target} and dog is {target}.'
+
+
+def test_expand_seg_tokens_follows_a_shared_codebook_config():
+    from pixellm.datasets.transforms.conversation import ExpandSegTokens
+    codebook = dict(type='SegCodebook', num_scales=1, tokens_per_scale=2)
+    step = ExpandSegTokens(codebook=codebook)
+    results = step(dict(conversation=[dict(role='user', content='<image>\nq'),
+                                      dict(role='assistant', content='It is {seg}.')],
+                        num_targets=1))
+    assert results['answer'] == 'It is [SEG0] [SEG1].'

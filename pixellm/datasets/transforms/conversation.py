@@ -210,13 +210,20 @@ class ExpandSegTokens(BaseTransform):
         num_scales (int): Image-feature scales. Defaults to 2.
         tokens_per_scale (int): Tokens per scale. Defaults to 3.
         token_format (str): Token string format. Defaults to ``'[SEG{}]'``.
+        codebook (dict, optional): The model's ``SegCodebook`` config; when given, its
+            ``num_scales``/``tokens_per_scale``/``token_format`` replace the arguments above, so a
+            config that shares one codebook dict between model and pipeline changes both at once.
 
     Raises:
         DatasetFormatError: The number of placeholders differs from the number of masks.
     """
 
     def __init__(self, num_scales: int = 2, tokens_per_scale: int = 3,
-                 token_format: str = '[SEG{}]') -> None:
+                 token_format: str = '[SEG{}]', codebook: Optional[dict] = None) -> None:
+        if codebook is not None:
+            num_scales = codebook.get('num_scales', num_scales)
+            tokens_per_scale = codebook.get('tokens_per_scale', tokens_per_scale)
+            token_format = codebook.get('token_format', token_format)
         self.tokens = codebook_token_strings(num_scales, tokens_per_scale, token_format)
         self.num_scales = num_scales
         self.tokens_per_scale = tokens_per_scale
