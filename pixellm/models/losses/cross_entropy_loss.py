@@ -29,12 +29,7 @@ class LMCrossEntropyLoss(nn.Module):
         super().__init__()
         self.loss_weight = loss_weight
         self.ignore_index = ignore_index
-        self._loss_name = loss_name
-
-    @property
-    def loss_name(self) -> str:
-        """str: Key of this loss in the model's loss dict."""
-        return self._loss_name
+        self.loss_name = loss_name
 
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
         """Compute the weighted next-token cross-entropy.

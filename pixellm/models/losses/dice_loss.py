@@ -55,12 +55,7 @@ class MaskDiceLoss(nn.Module):
         self.loss_weight = loss_weight
         self.scale = scale
         self.eps = eps
-        self._loss_name = loss_name
-
-    @property
-    def loss_name(self) -> str:
-        """str: Key of this loss in the model's loss dict."""
-        return self._loss_name
+        self.loss_name = loss_name
 
     def forward(self, pred_logits: Sequence[Tensor], gt_masks: Sequence[Tensor]) -> Tensor:
         """Compute the weighted Dice loss.

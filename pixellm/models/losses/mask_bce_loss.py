@@ -124,12 +124,7 @@ class MaskBCELoss(nn.Module):
     def __init__(self, loss_weight: float = 2.0, loss_name: str = 'loss_mask_bce') -> None:
         super().__init__()
         self.loss_weight = loss_weight
-        self._loss_name = loss_name
-
-    @property
-    def loss_name(self) -> str:
-        """str: Key of this loss in the model's loss dict."""
-        return self._loss_name
+        self.loss_name = loss_name
 
     def forward(self, pred_logits: Sequence[Tensor], gt_masks: Sequence[Tensor]) -> Tensor:
         """Compute the weighted BCE loss.

@@ -114,12 +114,7 @@ class TargetRefinementLoss(nn.Module):
         self.enabled = enabled
         if loss_name is None:
             loss_name = 'loss_mask_refine' if mode == 'overlap' else 'loss_mask_overlap'
-        self._loss_name = loss_name
-
-    @property
-    def loss_name(self) -> str:
-        """str: Key of this loss in the model's loss dict."""
-        return self._loss_name
+        self.loss_name = loss_name
 
     def forward(self, pred_logits: Sequence[Tensor], gt_masks: Sequence[Tensor]) -> Tensor:
         """Compute the weighted refinement loss.
