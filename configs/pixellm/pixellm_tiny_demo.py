@@ -10,10 +10,13 @@ data_root = 'data/muse_demo/'
 max_iters = 1800
 batch_size = 8
 
-# One tokenizer config for the model and the pipeline, so both agree on the codebook ids.
-codebook_tokens = ['[SEG0]', '[SEG1]', '[SEG2]', '[SEG3]', '[SEG4]', '[SEG5]']
-tokenizer = dict(type='TinyTokenizer', extra_tokens=codebook_tokens, model_max_length=512)
+# One codebook config and one tokenizer config shared by the model and the pipeline, so both
+# agree on the codebook tokens and their ids; an ablation changes `codebook` in one place.
+codebook = dict(type='SegCodebook', num_scales=image_feature_scale_num,  # noqa: F405
+                tokens_per_scale=seg_token_num)  # noqa: F405
+tokenizer = dict(type='TinyTokenizer', model_max_length=512)
 model.update(  # noqa: F405
+    codebook=codebook,
     tokenizer=tokenizer,
     # The tiny CLIP and LLaMA have random weights, so the demo trains them whole; with real
     # CLIP/LLaVA weights (the 7B/13B recipes) CLIP stays frozen and the LLM gets LoRA.
@@ -25,9 +28,9 @@ train_pipeline = [
     dict(type='SampleQuestion'),
     dict(type='DecodeTargetMasks'),
     dict(type='BuildMuseConversation'),
-    dict(type='ExpandSegTokens', num_scales=image_feature_scale_num,  # noqa: F405
-         tokens_per_scale=seg_token_num),  # noqa: F405
-    dict(type='TokenizeConversation', tokenizer=tokenizer, template='vicuna_v1', max_length=512),
+    dict(type='ExpandSegTokens', codebook=codebook),
+    dict(type='TokenizeConversation', tokenizer=tokenizer, codebook=codebook,
+         template='vicuna_v1', max_length=512),
     dict(type='ResizeLongestSide', size=image_size),  # noqa: F405
     dict(type='PackPixelLMInputs'),
 ]
@@ -36,9 +39,9 @@ test_pipeline = [
     dict(type='SampleQuestion'),
     dict(type='DecodeTargetMasks'),
     dict(type='BuildMuseConversation', deterministic=True),
-    dict(type='ExpandSegTokens', num_scales=image_feature_scale_num,  # noqa: F405
-         tokens_per_scale=seg_token_num),  # noqa: F405
-    dict(type='TokenizeConversation', tokenizer=tokenizer, template='vicuna_v1', max_length=512),
+    dict(type='ExpandSegTokens', codebook=codebook),
+    dict(type='TokenizeConversation', tokenizer=tokenizer, codebook=codebook,
+         template='vicuna_v1', max_length=512),
     dict(type='ResizeLongestSide', size=image_size),  # noqa: F405
     dict(type='PackPixelLMInputs'),
 ]

@@ -313,9 +313,16 @@ class TokenizeConversation(BaseTransform):
     """
 
     def __init__(self, tokenizer=DEFAULT_TOKENIZER, template: str = 'vicuna_v1',
-                 max_length: Optional[int] = 512, use_im_start_end: bool = False) -> None:
+                 max_length: Optional[int] = 512, use_im_start_end: bool = False,
+                 codebook: Optional[dict] = None) -> None:
         if max_length is not None and max_length < 1:
             raise ValueError(f'max_length must be positive or None, got {max_length}')
+        if codebook is not None and isinstance(tokenizer, dict):
+            from pixellm.models.tokenizers import codebook_tokenizer_cfg
+            tokens = codebook_token_strings(codebook.get('num_scales', 2),
+                                            codebook.get('tokens_per_scale', 3),
+                                            codebook.get('token_format', '[SEG{}]'))
+            tokenizer = codebook_tokenizer_cfg(tokenizer, tokens, use_im_start_end)
         self.tokenizer_cfg = tokenizer
         self._tokenizer = None
         self._codebook_id_cache: dict = {}

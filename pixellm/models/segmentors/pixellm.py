@@ -159,27 +159,14 @@ class PixelLM(BaseModel):
     def _build_tokenizer(self, cfg, use_im_start_end: bool):
         """Build the tokenizer with the codebook tokens added before ``<im_start>/<im_end>``.
 
-        That is the official order, so ids match official checkpoints; the data pipeline must
-        build its tokenizer from the same config (configs share one ``tokenizer`` dict that
-        lists the codebook tokens in ``extra_tokens``).
+        That is the official order, so ids match official checkpoints; the pipeline's
+        ``TokenizeConversation`` builds its tokenizer the same way from the same configs.
         """
-        from pixellm.models.tokenizers import build_tokenizer
+        from pixellm.models.tokenizers import build_tokenizer, codebook_tokenizer_cfg
         if not isinstance(cfg, dict):
             return build_tokenizer(cfg)
-        cfg = _fill(cfg, use_im_start_end=use_im_start_end)
-        extra = list(cfg.get('extra_tokens', []))
-        tokens = list(self.codebook.tokens)
-        present = [t for t in extra if t in tokens]
-        if present and present != tokens:
-            raise ValueError(
-                f'tokenizer extra_tokens list {present} of the codebook tokens; list all of '
-                f'{tokens}, in order, or none (the model then appends them)')
-        if not present:
-            cfg['extra_tokens'] = extra + tokens
-        if bool(cfg['use_im_start_end']) != bool(use_im_start_end):
-            raise ValueError(f'tokenizer use_im_start_end={cfg["use_im_start_end"]} but the model '
-                             f'has use_im_start_end={use_im_start_end}; set one value')
-        return build_tokenizer(cfg)
+        return build_tokenizer(codebook_tokenizer_cfg(cfg, self.codebook.tokens,
+                                                      use_im_start_end))
 
     def _extend_vocabulary(self) -> None:
         """Add the codebook tokens to the tokenizer and give every added token a trainable row."""

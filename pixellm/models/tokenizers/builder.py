@@ -73,3 +73,35 @@ def build_tokenizer(cfg: Any) -> PreTrainedTokenizerBase:
         return tokenizer
     raise TypeError('build_tokenizer expects a config dict with a "type" key or a transformers '
                     f'tokenizer, got {type(cfg).__name__}')
+
+
+def codebook_tokenizer_cfg(cfg: dict, codebook_tokens: Sequence[str],
+                           use_im_start_end: bool = False) -> dict:
+    """Return a tokenizer config that adds ``codebook_tokens`` before ``<im_start>/<im_end>``.
+
+    The model and the data pipeline both build their tokenizer through this function from the
+    same tokenizer and codebook configs, so the codebook tokens get the same ids on both sides (in
+    the official order). Tokens already listed in ``extra_tokens`` must be all of the codebook's,
+    in order.
+
+    Args:
+        cfg (dict): Tokenizer config (``dict(type=...)``).
+        codebook_tokens (Sequence[str]): The codebook's token strings.
+        use_im_start_end (bool): The model wraps the image in ``<im_start>``/``<im_end>``.
+
+    Returns:
+        dict: A new config.
+    """
+    cfg = dict(cfg)
+    if bool(cfg.setdefault('use_im_start_end', use_im_start_end)) != bool(use_im_start_end):
+        raise ValueError(f'tokenizer use_im_start_end={cfg["use_im_start_end"]} but the model '
+                         f'has use_im_start_end={use_im_start_end}; set one value')
+    extra = list(cfg.get('extra_tokens', []))
+    tokens = list(codebook_tokens)
+    present = [t for t in extra if t in tokens]
+    if present and present != tokens:
+        raise ValueError(f'tokenizer extra_tokens list {present} of the codebook tokens; list all '
+                         f'of {tokens}, in order, or none (they are then appended)')
+    if not present:
+        cfg['extra_tokens'] = extra + tokens
+    return cfg

@@ -1,0 +1,7 @@
+# Ablation: the paper's target refinement loss replaces the plain mask BCE.
+from mmengine.config import read_base
+
+with read_base():
+    from ....configs.pixellm.pixellm_tiny_demo import *  # noqa: F401,F403
+
+model.update(loss_mask=dict(type='TargetRefinementLoss', loss_weight=2.0, alpha=2.0))  # noqa: F405

@@ -1,0 +1,15 @@
+# Ablation: 1 image-feature scale(s) (tiny tower layers (-2, ); ViT-L uses -2, -11).
+from mmengine.config import read_base
+
+with read_base():
+    from ....configs.pixellm.pixellm_tiny_demo import *  # noqa: F401,F403
+
+codebook = dict(type='SegCodebook', num_scales=1, tokens_per_scale=3)
+model['vision_encoder'].update(select_layers=(-2, ))  # noqa: F405
+# Lazy configs copy imported dicts, so the codebook is replaced where the model and the two
+# pipelines hold it.
+model.update(codebook=codebook)  # noqa: F405
+for loader in (train_dataloader, test_dataloader):  # noqa: F405
+    for step in loader['dataset']['pipeline']:
+        if 'codebook' in step:
+            step['codebook'] = codebook
