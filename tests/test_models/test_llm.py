@@ -72,3 +72,26 @@ def test_gradient_checkpointing_gives_same_gradients():
         out['logits'].sum().backward()
         grads.append(llm.new_embed.grad.clone())
     torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_loads_a_llava_v1_style_checkpoint_as_llama(tmp_path):
+    """LLaVA v1 folders say model_type="llava"; the LLaMA inside must load all the same."""
+    import json
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(0)
+    ref = LlamaForCausalLM(LlamaConfig(**LCFG))
+    ref.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / 'config.json').read_text())
+    config.update(model_type='llava', mm_hidden_size=1024, mm_vision_tower='clip')
+    (tmp_path / 'config.json').write_text(json.dumps(config))
+    llm = HFCausalLM(pretrained=str(tmp_path), llm_config=dict(model_type='llama'))
+    for name, value in ref.state_dict().items():
+        torch.testing.assert_close(llm.hf_model.state_dict()[name], value)
+
+
+def test_added_rows_stay_float32_under_a_bf16_llm():
+    llm = HFCausalLM(llm_config=LCFG, torch_dtype='bfloat16')
+    llm.add_token_rows(2)
+    assert llm.new_embed.dtype == torch.float32 and llm.new_head.dtype == torch.float32
+    assert llm.embed(torch.tensor([[1, 64]])).dtype == torch.bfloat16

@@ -77,3 +77,21 @@ def test_random_fourier_encoding_shape_and_range():
     pe = PositionEmbeddingRandom(8)(size=(3, 5))
     assert pe.shape == (16, 3, 5)
     assert pe.abs().max() <= 1.0
+
+
+def test_batch_without_targets_still_reaches_every_trainable_weight():
+    dec = make()
+    feats = [torch.randn(2, 16, 24, requires_grad=True) for _ in range(2)]
+    out = dec([torch.randn(0, 2, 3, 16), torch.randn(0, 2, 3, 16)], feats)
+    assert [o.shape for o in out] == [(0, 16, 16), (0, 16, 16)]
+    (out[0].sum() + out[1].sum() + sum(o.sum() * 0 for o in out)).backward()
+    missing = [n for n, p in dec.named_parameters() if p.requires_grad and p.grad is None]
+    assert missing == [] and feats[0].grad is not None
+
+
+def test_train_neck_false_freezes_neck_and_dense_embedding_as_officially():
+    dec = PixelDecoder(in_channels=16, feat_channels=24, grid_size=4, input_size=56,
+                       embed_dim=32, num_heads=4, mlp_dim=64, train_neck=False)
+    assert not any(p.requires_grad for p in dec.image_feature_neck.parameters())
+    assert not dec.no_mask_embed.weight.requires_grad
+    assert dec.text_hidden_fcs[0].weight.requires_grad

@@ -110,7 +110,7 @@ class SegCodebook(BaseModule):
         found = []
         for b, seq in enumerate(input_ids):
             where = torch.nonzero(torch.isin(seq, ids)).flatten().tolist()
-            tokens = [rank[int(seq[p])] for p in where]
+            tokens = [rank[t] for t in seq[where].tolist()]  # one device sync per sequence
             groups, current = [], []
             for pos, r in zip(where, tokens):
                 if r == len(current):

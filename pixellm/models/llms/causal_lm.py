@@ -35,9 +35,9 @@ class HFCausalLM(BaseModule):
     official code unfreezes whole.
 
     Args:
-        pretrained (str, optional): Hub name or local path for ``AutoModelForCausalLM``
-            (e.g. a LLaVA v1 checkpoint). When None the model is built from ``llm_config`` with
-            random weights.
+        pretrained (str, optional): Hub name or local path of a checkpoint (e.g. a LLaVA v1
+            checkpoint), loaded with the architecture ``llm_config['model_type']`` names. When
+            None the model is built from ``llm_config`` with random weights.
         llm_config (dict, optional): Config kwargs; ``model_type`` picks the architecture
             (``'llama'`` by default).
         torch_dtype (str, optional): Weight dtype, e.g. ``'bfloat16'``.
@@ -63,16 +63,21 @@ class HFCausalLM(BaseModule):
         super().__init__(init_cfg=init_cfg)
         import transformers
         dtype = _resolve_dtype(torch_dtype)
+        cfg = dict(llm_config or {})
+        model_type = cfg.pop('model_type', 'llama')
+        if model_type not in _ARCHITECTURES:
+            raise ValueError(f'unknown llm_config model_type {model_type!r}; known: '
+                             f'{sorted(_ARCHITECTURES)}')
+        config_cls, model_cls = (getattr(transformers, n) for n in _ARCHITECTURES[model_type])
         if pretrained is not None:
-            model = transformers.AutoModelForCausalLM.from_pretrained(
-                pretrained, dtype=dtype, attn_implementation=attn_implementation)
+            # The architecture class comes from llm_config, not from the checkpoint's config:
+            # LLaVA v1 checkpoints say model_type="llava", which transformers maps to its own
+            # (non causal-LM) LLaVA class; their language model is a plain LLaMA, and the extra
+            # mm_projector / vision_tower weights are ignored here.
+            config = config_cls.from_pretrained(pretrained)
+            model = model_cls.from_pretrained(pretrained, config=config, dtype=dtype,
+                                              attn_implementation=attn_implementation)
         elif llm_config is not None:
-            cfg = dict(llm_config)
-            model_type = cfg.pop('model_type', 'llama')
-            if model_type not in _ARCHITECTURES:
-                raise ValueError(f'unknown llm_config model_type {model_type!r}; known: '
-                                 f'{sorted(_ARCHITECTURES)}')
-            config_cls, model_cls = (getattr(transformers, n) for n in _ARCHITECTURES[model_type])
             config = config_cls(**cfg)
             config._attn_implementation = attn_implementation
             model = model_cls(config)
@@ -97,8 +102,10 @@ class HFCausalLM(BaseModule):
         if lora:
             model = self._wrap_lora(model, lora)
         self.model = model
-        self.new_embed = nn.Parameter(torch.empty(0, self.hidden_size, dtype=self._dtype()))
-        self.new_head = nn.Parameter(torch.empty(0, self.hidden_size, dtype=self._dtype()))
+        # The added rows are the only trained embeddings; they stay float32 whatever the LLM's
+        # dtype, because mmengine's optimizer keeps no fp32 master copy of bf16 parameters.
+        self.new_embed = nn.Parameter(torch.empty(0, self.hidden_size))
+        self.new_head = nn.Parameter(torch.empty(0, self.hidden_size))
 
     @staticmethod
     def _wrap_lora(model: nn.Module, lora: Dict) -> nn.Module:
@@ -112,9 +119,6 @@ class HFCausalLM(BaseModule):
                             target_modules=list(lora.get('target_modules', ['q_proj', 'v_proj'])),
                             bias=lora.get('bias', 'none'), task_type='CAUSAL_LM')
         return get_peft_model(model, config)
-
-    def _dtype(self) -> torch.dtype:
-        return self.hf_model.get_input_embeddings().weight.dtype
 
     @property
     def hf_model(self) -> nn.Module:
@@ -150,8 +154,8 @@ class HFCausalLM(BaseModule):
         emb = self.hf_model.get_input_embeddings().weight
         head = self.hf_model.get_output_embeddings().weight
         with torch.no_grad():
-            new_e = emb.float().mean(0, keepdim=True).repeat(num, 1).to(emb.dtype)
-            new_h = head.float().mean(0, keepdim=True).repeat(num, 1).to(head.dtype)
+            new_e = emb.float().mean(0, keepdim=True).repeat(num, 1)
+            new_h = head.float().mean(0, keepdim=True).repeat(num, 1)
         if emb.device.type == 'meta':
             new_e, new_h = torch.empty_like(new_e), torch.empty_like(new_h)
         self.new_embed = nn.Parameter(torch.cat([self.new_embed.data.to(new_e.device), new_e]))

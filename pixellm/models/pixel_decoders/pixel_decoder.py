@@ -27,6 +27,10 @@ class PixelDecoder(BaseModule):
     registered ``nn.Parameter`` s here. The official code keeps them in plain Python lists, so
     they stay at their initial values (``1/tokens_per_scale``, ``1/num_scales``), are never
     trained and are not in its checkpoints. Set ``learn_fusion_weights=False`` to reproduce that.
+    Likewise the official training leaves the image neck and the dense "no mask" embedding at
+    their random initial values (``train_ds.py`` re-enables only ``mask_decoder``,
+    ``text_hidden_fcs``, ``mm_projector`` and the token tables after peft freezes the rest); here
+    they are trained, and ``train_neck=False`` freezes them as officially.
 
     Args:
         in_channels (int): Width of the codebook hidden states (the LLM width).
@@ -41,6 +45,8 @@ class PixelDecoder(BaseModule):
         mlp_dim (int): Transformer MLP width. Defaults to 2048.
         num_mask_tokens (int): SAM mask tokens (official 4, of which the first is used).
         learn_fusion_weights (bool): Train the fusion weights (see above). Defaults to True.
+        train_neck (bool): Train the image neck and the dense embedding (see above).
+            Defaults to True.
         init_cfg (dict, optional): mmengine init config.
     """
 
@@ -57,6 +63,7 @@ class PixelDecoder(BaseModule):
                  mlp_dim: int = 2048,
                  num_mask_tokens: int = 4,
                  learn_fusion_weights: bool = True,
+                 train_neck: bool = True,
                  init_cfg: Optional[Dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
         if embed_dim % 8:
@@ -100,10 +107,14 @@ class PixelDecoder(BaseModule):
             MLP(embed_dim, embed_dim, embed_dim // 8, 3) for _ in range(num_mask_tokens))
         self.iou_prediction_head = MLP(embed_dim, 256, num_mask_tokens, 3)
         # PixelLM decodes with SAM's first mask token only (multimask off); the other mask
-        # heads and the IoU head never reach a loss. They stay in the module so official
-        # checkpoints load without missing keys, frozen so DDP sees no unused trainable weight.
+        # heads and the IoU head never reach a loss. They are kept so the module mirrors the
+        # official one (a weight converter maps them one to one) and frozen so DDP sees no unused
+        # trainable weight.
         for module in (*self.output_hypernetworks_mlps[1:], self.iou_prediction_head):
             module.requires_grad_(False)
+        if not train_neck:
+            self.image_feature_neck.requires_grad_(False)
+            self.no_mask_embed.requires_grad_(False)
 
     @property
     def low_res_size(self) -> int:
@@ -181,7 +192,11 @@ class PixelDecoder(BaseModule):
         out_size = self.low_res_size
         total = sum(counts)
         if total == 0:
-            return [feats.new_zeros(0, out_size, out_size) for _ in counts]
+            # Tie the empty outputs to every trainable weight and to the features, so a batch
+            # without targets still gives DDP a gradient (zero) for all of them.
+            anchor = sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0 \
+                + feats.sum() * 0.0
+            return [feats.new_zeros(0, out_size, out_size) + anchor for _ in counts]
         # All targets of the batch are decoded together; each sees its own image's features.
         prompts = self.embed_targets(torch.cat([t for t in target_states if t.shape[0]]))
         b, s = feats.shape[:2]

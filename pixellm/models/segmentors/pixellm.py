@@ -343,12 +343,18 @@ class PixelLM(BaseModel):
         generated = []
         finished = torch.zeros(b, dtype=torch.bool, device=emb.device)
         next_pos = pos[:, -1]
-        for _ in range(max_new):
+        # With the official hidden_offset=-1 the last token's own state is never read, so the
+        # forward pass that would compute it is skipped.
+        need_last_state = self.codebook.hidden_offset == 0
+        for step in range(max_new):
             logits = out['logits'][:, -1]
             token = logits.argmax(-1)
             token = torch.where(finished, torch.full_like(token, self.pad_token_id), token)
             generated.append(token)
             finished = finished | (token == self.eos_token_id)
+            if not need_last_state and (bool(finished.all()) or step == max_new - 1):
+                states.append(torch.zeros_like(states[-1]))
+                break
             mask = torch.cat([mask, (~finished | (token == self.eos_token_id)).long()[:, None]], 1)
             next_pos = next_pos + 1
             out = self.llm(self.llm.embed(token[:, None]), attention_mask=mask,
