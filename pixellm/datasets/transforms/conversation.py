@@ -12,8 +12,8 @@ from mmcv.transforms import BaseTransform
 
 from pixellm.datasets.chat_templates import encode_conversation, encode_prompt
 from pixellm.datasets.muse_dataset import DatasetFormatError, record_context
-from pixellm.models.codebooks.tokens import (codebook_token_strings, count_seg_placeholders,
-                                             expand_seg_placeholders)
+from pixellm.models.codebooks.tokens import (codebook_cfg_tokens, codebook_token_strings,
+                                             count_seg_placeholders, expand_seg_placeholders)
 from pixellm.registry import TRANSFORMS
 from pixellm.utils.constants import DEFAULT_IMAGE_TOKEN, SEG_PLACEHOLDER
 
@@ -319,10 +319,8 @@ class TokenizeConversation(BaseTransform):
             raise ValueError(f'max_length must be positive or None, got {max_length}')
         if codebook is not None and isinstance(tokenizer, dict):
             from pixellm.models.tokenizers import codebook_tokenizer_cfg
-            tokens = codebook_token_strings(codebook.get('num_scales', 2),
-                                            codebook.get('tokens_per_scale', 3),
-                                            codebook.get('token_format', '[SEG{}]'))
-            tokenizer = codebook_tokenizer_cfg(tokenizer, tokens, use_im_start_end)
+            tokenizer = codebook_tokenizer_cfg(tokenizer, codebook_cfg_tokens(codebook),
+                                               use_im_start_end)
         self.tokenizer_cfg = tokenizer
         self._tokenizer = None
         self._codebook_id_cache: dict = {}

@@ -53,3 +53,9 @@ def expand_seg_placeholders(text: str, tokens: List[str],
 def count_seg_placeholders(text: str, placeholder: str = SEG_PLACEHOLDER) -> int:
     """Return how many targets an answer with placeholders names."""
     return text.count(placeholder)
+
+
+def codebook_cfg_tokens(cfg: dict) -> List[str]:
+    """Token strings of a ``SegCodebook`` config dict (its defaults: 2 scales x 3 tokens)."""
+    return codebook_token_strings(cfg.get('num_scales', 2), cfg.get('tokens_per_scale', 3),
+                                  cfg.get('token_format', '[SEG{}]'))

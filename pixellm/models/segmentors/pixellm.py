@@ -203,13 +203,11 @@ class PixelLM(BaseModel):
             grid = F.interpolate(grid.float(), (k, k), mode='bilinear',
                                  align_corners=False).to(select.dtype)
         llm_tokens = self.projector(grid.flatten(2).transpose(1, 2))
-        patch = self.vision_encoder.patch_size
-        keep = torch.zeros(b, 1, g, g, device=images.device)
-        for i, (h, w) in enumerate(valid_hw):
-            keep[i, :, :max(1, -(-int(h) // patch)), :max(1, -(-int(w) // patch))] = 1
-        if not self.mask_padded_image_tokens:
-            keep.fill_(1)
-        token_mask = F.interpolate(keep, (k, k), mode='nearest').flatten(1).bool()
+        if self.mask_padded_image_tokens:
+            keep = self.vision_encoder.valid_patches(valid_hw, images.device)[:, None].float()
+            token_mask = F.interpolate(keep, (k, k), mode='nearest').flatten(1).bool()
+        else:
+            token_mask = torch.ones(b, k * k, dtype=torch.bool, device=images.device)
         projector = self.mask_projector if self.separate_mm_projector else self.projector
         decoder_feats = [projector(f) for f in feats]
         return llm_tokens, token_mask, decoder_feats

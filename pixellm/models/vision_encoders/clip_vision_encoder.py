@@ -151,14 +151,20 @@ class CLIPVisionEncoder(BaseModule):
         # A frozen tower stays in eval mode so dropout never fires (and there is none in CLIP).
         return super().train(mode and not self.frozen)
 
-    def _padding_mask(self, valid_hw: Sequence[Tuple[int, int]], dtype: torch.dtype,
+    def valid_patches(self, valid_hw: Sequence[Tuple[int, int]],
                       device: torch.device) -> torch.Tensor:
-        """Additive ``(B, 1, 1, 1 + P)`` mask hiding patches entirely inside the padding."""
+        """``(B, grid, grid)`` bool: patches that hold some of the unpadded image."""
         grid, patch = self.grid_size, self.patch_size
         keep = torch.zeros(len(valid_hw), grid, grid, dtype=torch.bool, device=device)
         for i, (h, w) in enumerate(valid_hw):
             keep[i, :max(1, -(-int(h) // patch)), :max(1, -(-int(w) // patch))] = True
-        keep = torch.cat([keep.new_ones(len(valid_hw), 1), keep.flatten(1)], dim=1)
+        return keep
+
+    def _padding_mask(self, valid_hw: Sequence[Tuple[int, int]], dtype: torch.dtype,
+                      device: torch.device) -> torch.Tensor:
+        """Additive ``(B, 1, 1, 1 + P)`` mask hiding patches entirely inside the padding."""
+        keep = self.valid_patches(valid_hw, device).flatten(1)
+        keep = torch.cat([keep.new_ones(len(valid_hw), 1), keep], dim=1)
         mask = torch.zeros(keep.shape, dtype=dtype, device=device)
         mask.masked_fill_(~keep, torch.finfo(dtype).min)
         return mask[:, None, None, :]
