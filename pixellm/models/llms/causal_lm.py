@@ -102,6 +102,10 @@ class HFCausalLM(BaseModule):
         if lora:
             model = self._wrap_lora(model, lora)
         self.model = model
+        # transformers >= 5.2x renamed ``past_key_values`` to ``cache``; read the name once here
+        # rather than inspecting the signature on every decoding step.
+        decoder_params = inspect.signature(self.hf_model.get_decoder().forward).parameters
+        self._cache_key = 'cache' if 'cache' in decoder_params else 'past_key_values'
         # The added rows are the only trained embeddings; they stay float32 whatever the LLM's
         # dtype, because mmengine's optimizer keeps no fp32 master copy of bf16 parameters.
         self.new_embed = nn.Parameter(torch.empty(0, self.hidden_size))
@@ -193,9 +197,7 @@ class HFCausalLM(BaseModule):
             ``logits`` (B, L, V) and ``past_key_values`` (when ``use_cache``).
         """
         decoder = self.hf_model.get_decoder()
-        # transformers >= 5.2x renamed ``past_key_values`` to ``cache``; accept both releases.
-        cache_key = 'cache' if 'cache' in inspect.signature(decoder.forward).parameters \
-            else 'past_key_values'
+        cache_key = self._cache_key
         out = decoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                       position_ids=position_ids, use_cache=use_cache,
                       **{cache_key: past_key_values})
