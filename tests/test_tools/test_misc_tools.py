@@ -1,0 +1,89 @@
+"""tools/misc/browse_dataset.py and tools/misc/print_config.py on the demo config."""
+import json
+import os
+import os.path as osp
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pixellm.datasets.synthetic.muse_scenes import generate_muse_scenes
+from pixellm.datasets.transforms.loading import decode_segmentation
+from pixellm.engine.hooks.mask_overlay_hook import mask_colors
+from tools.misc import browse_dataset, print_config
+
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+DEMO_CFG = osp.join(REPO, 'configs', 'pixellm', 'pixellm_tiny_demo.py')
+
+
+@pytest.fixture(scope='module')
+def scenes(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp('scenes'))
+    generate_muse_scenes(root, num_train=4, num_val=2, seed=3)
+    return root
+
+
+def _options(root):
+    return ['--cfg-options', f'train_dataloader.dataset.data_root={root}/',
+            f'test_dataloader.dataset.data_root={root}/']
+
+
+def test_browse_writes_overlays_with_numbered_targets(scenes, tmp_path, capsys):
+    out = str(tmp_path / 'browse')
+    browse_dataset.main([DEMO_CFG, '--split', 'test', '--num', '3', '--output-dir', out,
+                         *_options(scenes)])
+    printed = capsys.readouterr().out
+    pngs = sorted(os.listdir(out))
+    assert len(pngs) == 3 and 'wrote 3 overlay(s)' in printed
+    # Test split item 0 is question 0 of the first val record.
+    record = json.load(open(osp.join(scenes, 'muse_val.json')))[0]
+    targets = record['answers'][0]
+    line = next(l for l in printed.splitlines() if l.startswith(osp.join(out, pngs[0])))
+    assert f'{len(targets)} target(s)' in line and record['questions'][0] in line
+    assert '[SEG' not in line
+    assert all(f'[{k}]' in line for k in range(1, len(targets) + 1))
+    img = np.asarray(Image.open(osp.join(scenes, 'images', record['file_name'])).convert('RGB'))
+    png = np.asarray(Image.open(osp.join(out, pngs[0])).convert('RGB')).astype(np.float32)
+    # The overlay keeps the image's width and adds a text band below it.
+    assert png.shape[1] == img.shape[1] and png.shape[0] > img.shape[0]
+    masks = [decode_segmentation(t['segmentation'], record['height'], record['width'])
+             for t in targets]
+    for mask, color in zip(masks, mask_colors(len(masks))):
+        expected = np.round(img[mask] * 0.5 + np.asarray(color, np.float32) * 0.5)
+        assert np.abs(png[:img.shape[0]][mask] - expected).max() <= 1
+    outside = ~np.any(masks, axis=0)
+    assert np.array_equal(png[:img.shape[0]][outside], img[outside])
+
+
+def test_browse_reports_a_missing_image(scenes, tmp_path, capsys):
+    broken = tmp_path / 'broken'
+    os.makedirs(broken / 'images')
+    for name in ('muse_train.json', 'muse_val.json'):
+        os.symlink(osp.join(scenes, name), broken / name)
+    records = json.load(open(osp.join(scenes, 'muse_train.json')))
+    for r in records[1:]:
+        os.symlink(osp.join(scenes, 'images', r['file_name']), broken / 'images' / r['file_name'])
+    with pytest.raises(SystemExit, match=f"sample 0: .*{records[0]['file_name']}"):
+        browse_dataset.main([DEMO_CFG, '--num', '2', '--output-dir', str(tmp_path / 'o'),
+                             *_options(str(broken))])
+    browse_dataset.main([DEMO_CFG, '--num', '2', '--keep-going', '--output-dir',
+                         str(tmp_path / 'k'), *_options(str(broken))])
+    printed = capsys.readouterr().out
+    assert 'skipped sample 0' in printed and len(os.listdir(tmp_path / 'k')) == 1
+
+
+def test_browse_names_a_missing_dataloader():
+    with pytest.raises(SystemExit, match='no val_dataloader.dataset'):
+        browse_dataset.main([DEMO_CFG, '--split', 'val'])
+
+
+def test_print_config_applies_options_and_saves(tmp_path, capsys):
+    saved = str(tmp_path / 'cfg.py')
+    print_config.main([DEMO_CFG, '--cfg-options', 'train_cfg.max_iters=7', '--save', saved])
+    printed = capsys.readouterr().out
+    assert "train_cfg = dict(max_iters=7, type='IterBasedTrainLoop')" in printed
+    assert "type='PixelLM'" in printed
+    from mmengine.config import Config
+    assert Config.fromfile(saved).train_cfg.max_iters == 7
+    with pytest.raises(SystemExit, match='not found'):
+        print_config.main([str(tmp_path / 'nope.py')])
