@@ -26,7 +26,7 @@ setup(
     license='Apache-2.0',
     packages=find_packages(include=['pixellm', 'pixellm.*']),
     include_package_data=True,
-    package_data={'pixellm': ['models/tokenizers/assets/*.json']},
+    package_data={'pixellm': ['models/tokenizers/assets/*.json', 'datasets/metainfo/*']},
     python_requires='>=3.9',
     install_requires=read_requirements('runtime.txt'),
     extras_require={'tests': read_requirements('tests.txt')},

@@ -1,13 +1,30 @@
 """Datasets, transforms and chat templates; importing this package registers them."""
 from . import chat_templates
+from .grefcoco_dataset import GRefCOCODataset
+from .mix_dataset import SampleRateMixDataset
 from .muse_dataset import DatasetFormatError, MUSEDataset
+from .reason_seg_dataset import ReasonSegDataset
+from .refer_dataset import ReferSegDataset
+from .sem_seg_dataset import (ADE20KSemSegDataset, COCOStuffSemSegDataset,
+                              MapillarySemSegDataset, PACOLVISSemSegDataset,
+                              PascalPartSemSegDataset, SemSegQADataset)
 from .synthetic import generate_muse_scenes
-from .transforms import (BuildMuseConversation, DecodeTargetMasks, ExpandSegTokens,
+from .transforms import (BuildMuseConversation, BuildReferConversation, BuildVQAConversation,
+                         ChooseExplanatoryAnswer, DecodeTargetMasks, ExpandSegTokens,
                          LoadImageFromFile, PackPixelLMInputs, ResizeLongestSide, SampleQuestion,
-                         TokenizeConversation)
+                         SampleReferPhrases, SampleSemSegTargets, TokenizeConversation)
+from .vqa_dataset import LLaVAInstructDataset
 
 __all__ = [
-    'chat_templates', 'DatasetFormatError', 'MUSEDataset', 'generate_muse_scenes',
-    'LoadImageFromFile', 'DecodeTargetMasks', 'SampleQuestion', 'BuildMuseConversation',
-    'ExpandSegTokens', 'TokenizeConversation', 'ResizeLongestSide', 'PackPixelLMInputs'
+    'chat_templates', 'DatasetFormatError', 'generate_muse_scenes',
+    # datasets
+    'MUSEDataset', 'ReferSegDataset', 'GRefCOCODataset', 'ReasonSegDataset', 'SemSegQADataset',
+    'ADE20KSemSegDataset', 'COCOStuffSemSegDataset', 'MapillarySemSegDataset',
+    'PACOLVISSemSegDataset', 'PascalPartSemSegDataset', 'LLaVAInstructDataset',
+    'SampleRateMixDataset',
+    # transforms
+    'LoadImageFromFile', 'DecodeTargetMasks', 'SampleQuestion', 'SampleReferPhrases',
+    'SampleSemSegTargets', 'ChooseExplanatoryAnswer', 'BuildMuseConversation',
+    'BuildReferConversation', 'BuildVQAConversation', 'ExpandSegTokens', 'TokenizeConversation',
+    'ResizeLongestSide', 'PackPixelLMInputs'
 ]

@@ -140,8 +140,9 @@ def _referring(objs: List[dict], rng: np.random.Generator) -> QuestionSpec:
     names = _the_list(picked)
     question = [f'Segment {names}.', f'Where is {names} in this image?' if k == 1 else
                 f'Where are {names} in this image?', f'Can you find {names}?'][rng.integers(3)]
-    clauses = join_items([f'the {_phrase(o)} is {{seg}}' for o in picked])
-    answer = [f'{_capitalise(clauses)}.', f'Sure, {clauses}.'][rng.integers(2)]
+    # MUSE text answers put each target's {seg} right after the words naming it.
+    answer = [f'{_capitalise(_answer_list(picked))}.',
+              f'Sure, {_answer_list(picked)}.'][rng.integers(2)]
     return question, picked, answer
 
 

@@ -4,8 +4,14 @@ from .conversation import (BuildMuseConversation, ExpandSegTokens, SampleQuestio
 from .formatting import PackPixelLMInputs
 from .geometric import ResizeLongestSide
 from .loading import DecodeTargetMasks, LoadImageFromFile
+from .refer_conversation import (BuildReferConversation, ChooseExplanatoryAnswer,
+                                 SampleReferPhrases)
+from .sem_seg_sampling import SampleSemSegTargets
+from .vqa_conversation import BuildVQAConversation
 
 __all__ = [
-    'LoadImageFromFile', 'DecodeTargetMasks', 'SampleQuestion', 'BuildMuseConversation',
-    'ExpandSegTokens', 'TokenizeConversation', 'ResizeLongestSide', 'PackPixelLMInputs'
+    'LoadImageFromFile', 'DecodeTargetMasks', 'SampleQuestion', 'SampleReferPhrases',
+    'SampleSemSegTargets', 'ChooseExplanatoryAnswer', 'BuildMuseConversation',
+    'BuildReferConversation', 'BuildVQAConversation', 'ExpandSegTokens', 'TokenizeConversation',
+    'ResizeLongestSide', 'PackPixelLMInputs'
 ]

@@ -1,6 +1,7 @@
-"""Load a dataset record's image and decode its target masks (COCO polygons and RLE)."""
+"""Load a dataset record's image and decode its target masks (COCO polygons and RLE, or the
+pixels of given values in a PNG label map)."""
 import io
-from typing import List
+from typing import Dict, List
 
 import numpy as np
 from mmcv.transforms import BaseTransform
@@ -101,18 +102,101 @@ def decode_segmentation(segm, height: int, width: int) -> np.ndarray:
     return mask_utils.decode(rle).astype(bool)
 
 
+def _label_map_record(path: str, results: dict) -> str:
+    """Name the record a label map belongs to; the map is often the record's annotation file."""
+    ctx = record_context(results)
+    return ctx['record'] if ctx['file'] == path else f'{ctx["record"]} of {ctx["file"]}'
+
+
+# PIL modes of a label map that holds one class index per pixel (palette, 8-bit, 16/32-bit).
+_LABEL_MAP_MODES = ('P', 'L', 'I', 'I;16', 'I;16B', 'I;16L')
+
+
+def load_label_map(path: str, results: dict) -> np.ndarray:
+    """Read a PNG label map as its raw pixel values, checked against the sample's image size.
+
+    A palette (``P``) map gives its palette indices, as ``np.array(Image.open(path))`` does in
+    the official loaders; greyscale and 16-bit maps give their values.
+
+    Args:
+        path (str): The label map file.
+        results (dict): The pipeline dict; ``ori_shape`` (from ``LoadImageFromFile``) is the
+            size the map must have, and the record keys name the record in errors.
+
+    Returns:
+        np.ndarray: Integer ``(H, W)`` array of raw label values.
+
+    Raises:
+        FileNotFoundError: The file does not exist.
+        DatasetFormatError: The file is not a readable single-channel image, or its size differs
+            from the image's (field ``seg_map_path``).
+    """
+    record = _label_map_record(path, results)
+    try:
+        data = get(path)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f'{path}: label map of {record} does not exist; check data_root '
+                                'and data_prefix') from err
+    try:
+        with Image.open(io.BytesIO(data)) as pil:
+            mode = pil.mode
+            label_map = np.array(pil)
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise DatasetFormatError(path, record, 'seg_map_path',
+                                 f'the label map cannot be decoded ({err})') from err
+    if mode not in _LABEL_MAP_MODES:
+        raise DatasetFormatError(path, record, 'seg_map_path',
+                                 f'a label map holds one class index per pixel (a palette or '
+                                 f'single-channel PNG), got PIL mode {mode!r}')
+    check_label_map_size(label_map, path, results)
+    return label_map
+
+
+def check_label_map_size(label_map: np.ndarray, path: str, results: dict) -> None:
+    """Raise unless ``label_map`` has the size of the sample's image (``results['ori_shape']``).
+
+    Args:
+        label_map (np.ndarray): The ``(H, W)`` label map.
+        path (str): Its file, for the error.
+        results (dict): The pipeline dict; without ``ori_shape`` nothing is checked.
+
+    Raises:
+        DatasetFormatError: The sizes differ (field ``seg_map_path``).
+    """
+    if 'ori_shape' in results and label_map.shape != tuple(results['ori_shape']):
+        img_h, img_w = results['ori_shape']
+        raise DatasetFormatError(
+            path, _label_map_record(path, results), 'seg_map_path',
+            f'the label map is {label_map.shape[0]}x{label_map.shape[1]} (HxW) but its image '
+            f'{results.get("img_path", "")} is {img_h}x{img_w}')
+
+
 @TRANSFORMS.register_module()
 class DecodeTargetMasks(BaseTransform):
     """Decode the chosen question's targets into ``gt_masks`` at the original image resolution.
 
-    Required keys: ``targets`` (instance dicts with ``segmentation``, from ``SampleQuestion``),
-    ``height`` and ``width`` (or ``ori_shape``). Optional: ``question_index`` and the record keys
-    used in error messages.
-    Added keys: ``gt_masks`` (np.ndarray, bool, ``(N, H, W)``, one per target in answer order).
+    A target is one of two kinds:
+
+    - an instance annotation with ``segmentation`` (COCO polygons or RLE; MUSE, PACO-LVIS,
+      PASCAL-Part), decoded by :func:`decode_segmentation`;
+    - a label-map target with ``seg_map_path`` (a PNG label map) and ``label_values`` (raw pixel
+      values of that map): its mask is every pixel holding one of those values (semantic
+      segmentation sources: ADE20K, COCO-Stuff, Mapillary Vistas). Each label map is read once per
+      sample, or taken from ``results['seg_map']`` when ``results['seg_map_path']`` names it (the
+      class sampler has read it already). Ignore pixels (ADE20K's 0, the value 255, ...) are in no
+      target's ``label_values``, so they belong to no mask: the loss sees them as background, as
+      the official masks ``label == class_id`` do.
+
+    Required keys: ``targets`` (from ``SampleQuestion`` or ``SampleSemSegTargets``), ``height`` and
+    ``width`` (or ``ori_shape``). Optional: ``question_index``, ``seg_map_path``/``seg_map`` and
+    the record keys used in error messages.
+    Added keys: ``gt_masks`` (np.ndarray, bool, ``(N, H, W)``, one per target in answer order;
+    ``(0, H, W)`` when there is no target).
 
     Raises:
-        DatasetFormatError: A mask's size differs from the image's (field ``segmentation``),
-            naming the annotation file, the record, the question and the target.
+        DatasetFormatError: A mask's size differs from the image's (field ``segmentation``, or
+            ``seg_map_path`` for a label map), naming the annotation file or label map, the record,
+            the question and the target.
     """
 
     def transform(self, results: dict) -> dict:
@@ -133,7 +217,11 @@ class DecodeTargetMasks(BaseTransform):
         rec_h, rec_w = results.get('height', img_h), results.get('width', img_w)
         q = results.get('question_index', '?')
         masks: List[np.ndarray] = []
+        label_maps: Dict[str, np.ndarray] = {}
         for t, inst in enumerate(results['targets']):
+            if 'seg_map_path' in inst:
+                masks.append(self._label_map_mask(inst, results, label_maps))
+                continue
             mask = decode_segmentation(inst['segmentation'], rec_h, rec_w)
             if mask.shape != (img_h, img_w):
                 ctx = record_context(results)
@@ -146,3 +234,14 @@ class DecodeTargetMasks(BaseTransform):
         results['gt_masks'] = (np.stack(masks) if masks else
                                np.zeros((0, img_h, img_w), dtype=bool))
         return results
+
+    @staticmethod
+    def _label_map_mask(inst: dict, results: dict, label_maps: Dict[str, np.ndarray]) -> np.ndarray:
+        path = inst['seg_map_path']
+        if path not in label_maps:
+            if results.get('seg_map_path') == path and 'seg_map' in results:
+                label_maps[path] = results['seg_map']
+                check_label_map_size(label_maps[path], path, results)
+            else:
+                label_maps[path] = load_label_map(path, results)
+        return np.isin(label_maps[path], inst['label_values'])

@@ -1,0 +1,188 @@
+"""Helpers shared by the dataset adapters: pipeline building, file reading with errors that name
+the file, and binary masks as COCO compressed RLE."""
+import json
+from typing import Any, Callable, List, Sequence, Union
+
+import numpy as np
+from mmengine.fileio import get
+from pycocotools import mask as mask_utils
+
+from pixellm.datasets.muse_dataset import DatasetFormatError
+from pixellm.registry import TRANSFORMS
+
+# Where the data layout is described, for the error raised when a split file is missing.
+LAYOUT_DOC = 'docs/datasets.md'
+
+
+def is_int(value: Any) -> bool:
+    """Whether ``value`` is an integer (bool, an int subclass, is not an id or a size)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def build_pipeline(pipeline: Sequence[Union[dict, Callable]]) -> List[Callable]:
+    """Build transform configs from pixellm's registry.
+
+    mmengine's ``Compose`` resolves names in the current default scope, which outside a pixellm
+    runner would pick mmcv's ``LoadImageFromFile`` or fail.
+
+    Args:
+        pipeline (Sequence[dict | Callable]): Transform configs or transforms.
+
+    Returns:
+        list[Callable]: The transforms.
+    """
+    return [TRANSFORMS.build(t) if isinstance(t, dict) else t for t in pipeline]
+
+
+def missing_file_error(dataset: str, what: str, path: str, prepare: str,
+                       data_root: str) -> FileNotFoundError:
+    """Return the error for a split or annotation file that is not on disk.
+
+    Args:
+        dataset (str): The dataset class, e.g. ``'ReferSegDataset'``.
+        what (str): What the file is, e.g. ``'refs file of refcoco (splitBy unc)'``.
+        path (str): The path that was looked up.
+        prepare (str): The path to prepare, relative to ``data_root``.
+        data_root (str): The dataset's ``data_root``.
+
+    Returns:
+        FileNotFoundError: Naming the path, what to prepare and where the layout is described.
+    """
+    return FileNotFoundError(
+        f'{dataset}: {what} {path!r} does not exist. Prepare {prepare!r} under '
+        f'data_root={data_root!r}; {LAYOUT_DOC} (and the official PixelLM README, "Training '
+        'Data Preparation") shows the expected folder layout.')
+
+
+def read_bytes(path: str, dataset: str, what: str, prepare: str, data_root: str) -> bytes:
+    """Read a file, turning a missing file into :func:`missing_file_error`.
+
+    Args:
+        path (str): File to read.
+        dataset (str): The dataset class, for the error.
+        what (str): What the file is, for the error.
+        prepare (str): The path to prepare, relative to ``data_root``, for the error.
+        data_root (str): The dataset's ``data_root``, for the error.
+
+    Returns:
+        bytes: The file's content.
+    """
+    try:
+        return get(path)
+    except FileNotFoundError as err:
+        raise missing_file_error(dataset, what, path, prepare, data_root) from err
+
+
+def parse_json(data: bytes, path: str, encodings: Sequence[str] = ('utf-8', )) -> Any:
+    """Decode and parse json, reporting a syntax error with its line and column.
+
+    Args:
+        data (bytes): The file's content.
+        path (str): The file, for errors.
+        encodings (Sequence[str]): Text encodings tried in order (ReasonSeg's labelme files fall
+            back to cp1252, as the official reader does). Defaults to ``('utf-8',)``.
+
+    Returns:
+        Any: The parsed json.
+
+    Raises:
+        DatasetFormatError: The bytes decode in none of ``encodings`` or are not valid json.
+    """
+    for encoding in encodings:
+        try:
+            text = data.decode(encoding)
+            break
+        except UnicodeDecodeError:
+            continue
+    else:
+        raise DatasetFormatError(path, '', '<file>',
+                                 f'not text in any of the encodings {list(encodings)}')
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DatasetFormatError(path, '', '<json>',
+                                 f'not valid json: {err.msg} at line {err.lineno}, column '
+                                 f'{err.colno}') from err
+
+
+def read_json(path: str, expected: type, description: str, dataset: str, what: str,
+              prepare: str, data_root: str, encodings: Sequence[str] = ('utf-8', )) -> Any:
+    """Read a json file whose top level must be of type ``expected``.
+
+    Args:
+        path (str): File to read.
+        expected (type): ``list`` or ``dict``.
+        description (str): What the top level holds, for the error (``'a list of refs'``).
+        dataset (str): The dataset class, for a missing file.
+        what (str): What the file is, for a missing file.
+        prepare (str): The path to prepare, relative to ``data_root``, for a missing file.
+        data_root (str): The dataset's ``data_root``, for a missing file.
+        encodings (Sequence[str]): See :func:`parse_json`. Defaults to ``('utf-8',)``.
+
+    Returns:
+        list | dict: The parsed json.
+
+    Raises:
+        FileNotFoundError: See :func:`missing_file_error`.
+        DatasetFormatError: Not json, or the top level is not ``expected``.
+    """
+    content = parse_json(read_bytes(path, dataset, what, prepare, data_root), path, encodings)
+    if not isinstance(content, expected):
+        raise DatasetFormatError(path, '', '<top level>',
+                                 f'must be {description}, got {type(content).__name__}')
+    return content
+
+
+def encode_mask(mask: np.ndarray) -> dict:
+    """Encode a binary ``(H, W)`` mask as COCO compressed RLE with a json-safe ``counts`` string.
+
+    Args:
+        mask (np.ndarray): Boolean or 0/1 mask.
+
+    Returns:
+        dict: ``dict(size=[H, W], counts=str)``, which ``decode_segmentation`` reads back.
+    """
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return dict(size=[int(v) for v in rle['size']], counts=rle['counts'].decode('ascii'))
+
+
+def segmentation_to_rle(segm: Union[list, dict], height: int, width: int) -> dict:
+    """Convert a valid COCO ``segmentation`` (polygons or either RLE form) to compressed RLE.
+
+    Works on run lengths only (no dense mask), so merging many instances stays cheap.
+
+    Args:
+        segm (list | dict): Polygons, an uncompressed RLE (``counts`` a list) or a compressed one.
+        height (int): Image height, for polygons.
+        width (int): Image width, for polygons.
+
+    Returns:
+        dict: pycocotools RLE with ``counts`` as bytes.
+    """
+    if isinstance(segm, list):
+        return mask_utils.merge(mask_utils.frPyObjects(segm, height, width))
+    if isinstance(segm['counts'], list):
+        return mask_utils.frPyObjects(segm, *segm['size'])
+    counts = segm['counts']
+    return dict(size=list(segm['size']),
+                counts=counts.encode('ascii') if isinstance(counts, str) else counts)
+
+
+def merge_segmentations(segms: Sequence[Union[list, dict]], height: int, width: int) -> dict:
+    """Return the union of valid COCO segmentations as a compressed RLE (json-safe ``counts``).
+
+    Args:
+        segms (Sequence[list | dict]): Segmentations of one image; empty gives an empty mask.
+        height (int): Image height.
+        width (int): Image width.
+
+    Returns:
+        dict: ``dict(size=[height, width], counts=str)``.
+    """
+    if not segms:
+        return encode_mask(np.zeros((height, width), dtype=np.uint8))
+    rles = [segmentation_to_rle(s, height, width) for s in segms]
+    rle = mask_utils.merge(rles) if len(rles) > 1 else rles[0]
+    counts = rle['counts']
+    return dict(size=[int(v) for v in rle['size']],
+                counts=counts.decode('ascii') if isinstance(counts, bytes) else counts)
