@@ -1,4 +1,8 @@
-"""Shared fixtures: the tiny model config and hand-made conversations with known targets."""
+"""Shared fixtures: the tiny model config, hand-made conversations with known targets, the tools
+as modules and captured log records."""
+import contextlib
+import importlib.util
+import logging
 import os.path as osp
 import sys
 
@@ -66,3 +70,27 @@ def make_batch(model, targets=(2, 0, 1)):
         images.append(img)
         samples.append(s)
     return model.data_preprocessor(dict(inputs=images, data_samples=samples), True)
+
+
+def load_tool(name):
+    """``tools/<name>.py`` as a module, to call its ``main(argv)`` in-process."""
+    spec = importlib.util.spec_from_file_location(f'pixellm_tools_{name}',
+                                                  osp.join(REPO, 'tools', f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@contextlib.contextmanager
+def captured_log_records():
+    """Collect the ``logging.LogRecord``\ s of mmengine's current logger inside the block."""
+    from mmengine.logging import MMLogger
+    logger = MMLogger.get_current_instance()
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)

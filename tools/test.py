@@ -14,7 +14,8 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from pixellm.engine.checkpoint import atomic_write_text  # noqa: E402
 from pixellm.engine.runner_utils import (add_common_arguments, build_runner,  # noqa: E402
-                                         format_metrics, load_tool_config, set_show_dir)
+                                         check_data_or_exit, format_metrics, load_tool_config,
+                                         set_show_dir)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -52,6 +53,7 @@ def main(argv=None) -> dict:
     cfg.resume = False
     if args.show_dir:
         set_show_dir(cfg, osp.abspath(args.show_dir))
+    check_data_or_exit(cfg, ('test_dataloader', ), 'tools/test.py')
 
     runner = build_runner(cfg)
     metrics = runner.test()

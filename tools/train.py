@@ -14,7 +14,8 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from pixellm.engine.runner_utils import (add_common_arguments, apply_amp,  # noqa: E402
                                          apply_resume, apply_seed, build_runner,
-                                         enable_resume_safety, load_tool_config)
+                                         check_data_or_exit, enable_resume_safety,
+                                         load_tool_config)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -57,6 +58,8 @@ def main(argv=None) -> None:
         except (RuntimeError, ValueError) as err:
             raise SystemExit(f'tools/train.py: {err}') from err
     notes = enable_resume_safety(cfg)
+    # The training loop builds the validation loop too, so both datasets must be there.
+    check_data_or_exit(cfg, ('train_dataloader', 'val_dataloader'), 'tools/train.py')
 
     runner = build_runner(cfg)
     for note in notes:

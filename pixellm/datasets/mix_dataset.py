@@ -48,8 +48,8 @@ class SampleRateMixDataset(Dataset):
         seed (int): Seed of the draws. Defaults to 0.
         source_weights (str): ``'uniform'`` (official) picks a group's sources with equal
             probability; ``'size'`` in proportion to their lengths. Defaults to ``'uniform'``.
-        lazy_init (bool): Accepted for mmengine ``BaseDataset`` compatibility; sources follow
-            their own ``lazy_init``. Defaults to False.
+        lazy_init (bool): Defer sizing the sources (which loads their annotations) and logging
+            the summary until the first draw or :meth:`full_init`. Defaults to False.
     """
 
     def __init__(self,
@@ -83,21 +83,36 @@ class SampleRateMixDataset(Dataset):
             built = [_build(copy.deepcopy(s) if isinstance(s, dict) else s) for s in sources]
             if not built:
                 raise ValueError(f'group {name!r} has no dataset')
-            for k, ds in enumerate(built):
-                if len(ds) == 0:
-                    raise ValueError(f'group {name!r}, source {k} ({type(ds).__name__}) is '
-                                     'empty; check its annotation file or drop it from the group')
             self.groups.append(built)
         self.probabilities = rates / rates.sum()
         self.num_samples = int(num_samples)
         self.seed = int(seed)
         self.source_weights = source_weights
-        self._source_probs = []
-        for sources in self.groups:
-            sizes = np.array([len(s) for s in sources], dtype=np.float64)
-            w = np.ones_like(sizes) if source_weights == 'uniform' else sizes
-            self._source_probs.append(w / w.sum())
         self.metainfo = dict(dataset_name='SampleRateMix', groups=tuple(self.group_names))
+        self._source_probs: Optional[List[np.ndarray]] = None
+        if not lazy_init:
+            self.full_init()
+
+    def full_init(self) -> None:
+        """Size every source (loading its annotations), check none is empty, log the mix.
+
+        Raises:
+            ValueError: A source has no items.
+        """
+        if self._source_probs is not None:
+            return
+        probs = []
+        for name, sources in zip(self.group_names, self.groups):
+            for k, ds in enumerate(sources):
+                if hasattr(ds, 'full_init'):
+                    ds.full_init()
+                if len(ds) == 0:
+                    raise ValueError(f'group {name!r}, source {k} ({_describe(ds)}) is empty; '
+                                     'check its annotation file or drop it from the group')
+            sizes = np.array([len(s) for s in sources], dtype=np.float64)
+            w = np.ones_like(sizes) if self.source_weights == 'uniform' else sizes
+            probs.append(w / w.sum())
+        self._source_probs = probs
         print_log(self.summary(), logger='current')
 
     def summary(self) -> str:
@@ -106,6 +121,7 @@ class SampleRateMixDataset(Dataset):
         Returns:
             str: A multi-line description (logged at construction).
         """
+        self.full_init()
         lines = [f'SampleRateMixDataset: {self.num_samples} samples, seed {self.seed}']
         for name, sources, p in zip(self.group_names, self.groups, self.probabilities):
             parts = ', '.join(f'{_describe(s)}={len(s)}' for s in sources)
@@ -126,6 +142,7 @@ class SampleRateMixDataset(Dataset):
         """
         if not 0 <= index < self.num_samples:
             raise IndexError(f'index {index} out of range for {self.num_samples} samples')
+        self.full_init()
         rng = np.random.default_rng((self.seed, int(index)))
         group = int(rng.choice(len(self.groups), p=self.probabilities))
         sources = self.groups[group]
@@ -144,13 +161,6 @@ class SampleRateMixDataset(Dataset):
         if not isinstance(ds, BaseDataset):
             return dict(mix_group=self.group_names[group])
         return dict(ds.get_data_info(item), mix_group=self.group_names[group])
-
-    def full_init(self) -> None:
-        """Load every source's annotations (mmengine calls this before training)."""
-        for sources in self.groups:
-            for ds in sources:
-                if hasattr(ds, 'full_init'):
-                    ds.full_init()
 
     def __repr__(self) -> str:
         return self.summary()

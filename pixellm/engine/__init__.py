@@ -11,15 +11,16 @@ from .checkpoint import (AtomicLocalBackend, UntrustedCheckpointError, allow_che
 from .hooks import (AtomicCheckpointHook, MaskOverlayHook, RNGStateHook, capture_rng_state,
                     render_mask_overlay, restore_rng_state)
 from .runner_utils import (add_common_arguments, apply_amp, apply_resume, apply_seed,
-                           apply_work_dir, build_runner, enable_resume_safety, format_metrics,
-                           load_tool_config, set_show_dir)
+                           apply_work_dir, build_runner, check_data_or_exit, enable_resume_safety,
+                           format_metrics, load_tool_config, set_show_dir)
 
 __all__ = [
     'AtomicCheckpointHook', 'AtomicLocalBackend', 'MaskOverlayHook', 'RNGStateHook',
     'UntrustedCheckpointError', 'add_common_arguments', 'allow_checkpoint_globals', 'apply_amp',
     'apply_resume', 'apply_seed', 'apply_work_dir', 'atomic_write_bytes', 'atomic_write_text',
-    'build_runner', 'capture_rng_state', 'checkpoint_trust_enabled', 'enable_resume_safety',
-    'format_metrics', 'install_safe_checkpoint_loader', 'load_checkpoint_safely',
-    'load_tool_config', 'mmengine_checkpoint_globals', 'render_mask_overlay', 'restore_rng_state',
-    'save_checkpoint_atomic', 'set_checkpoint_trust', 'set_show_dir', 'trusted_checkpoints'
+    'build_runner', 'capture_rng_state', 'check_data_or_exit', 'checkpoint_trust_enabled',
+    'enable_resume_safety', 'format_metrics', 'install_safe_checkpoint_loader',
+    'load_checkpoint_safely', 'load_tool_config', 'mmengine_checkpoint_globals',
+    'render_mask_overlay', 'restore_rng_state', 'save_checkpoint_atomic', 'set_checkpoint_trust',
+    'set_show_dir', 'trusted_checkpoints'
 ]

@@ -3,7 +3,7 @@ import argparse
 import os
 import os.path as osp
 from numbers import Number
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -13,6 +13,7 @@ from mmengine.device import (is_cuda_available, is_mlu_available, is_musa_availa
 from mmengine.registry import build_runner_from_cfg
 from mmengine.runner import Runner
 
+from pixellm.datasets.preflight import MissingDataError, check_data_paths
 from pixellm.registry import RUNNERS
 from pixellm.utils import load_config, register_all_modules
 from .checkpoint import set_checkpoint_trust
@@ -240,6 +241,26 @@ def set_show_dir(cfg: Config, show_dir: str) -> None:
     else:
         custom_hooks.append(dict(type=OVERLAY_HOOK, out_dir=show_dir))
     cfg.custom_hooks = custom_hooks
+
+
+def check_data_or_exit(cfg: Config, dataloaders: Sequence[str], tool: str) -> None:
+    """Exit with the list of missing data paths before the runner (and the model) is built.
+
+    Args:
+        cfg (Config): The full config.
+        dataloaders (Sequence[str]): The dataloaders the tool will use, e.g.
+            ``('train_dataloader', 'val_dataloader')``.
+        tool (str): The tool's name for the message, e.g. ``'tools/train.py'``.
+
+    Raises:
+        SystemExit: A dataset reads a file or folder that does not exist; the message names every
+            such path, its dataset and ``docs/datasets.md`` (see
+            :func:`pixellm.datasets.preflight.check_data_paths`).
+    """
+    try:
+        check_data_paths(cfg, dataloaders)
+    except MissingDataError as err:
+        raise SystemExit(f'{tool}: {err}') from err
 
 
 def build_runner(cfg: Config) -> Runner:

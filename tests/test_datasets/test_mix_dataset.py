@@ -96,3 +96,21 @@ def test_bad_settings_say_what_is_wrong(kwargs, message):
 def test_empty_source_is_named():
     with pytest.raises(ValueError, match="group 'vqa', source 0 .* is empty"):
         SampleRateMixDataset(dict(vqa=[_Items('x', 0)]), [1], num_samples=3)
+
+
+class _Unloaded(_Items):
+    """A source that counts how often it was sized (sizing loads annotations)."""
+
+    sized = 0
+
+    def __len__(self):
+        type(self).sized += 1
+        return super().__len__()
+
+
+def test_lazy_init_defers_loading_the_sources():
+    _Unloaded.sized = 0
+    mix = SampleRateMixDataset(dict(vqa=[_Unloaded('llava', 7)]), [1], num_samples=5,
+                               lazy_init=True)
+    assert _Unloaded.sized == 0 and len(mix) == 5
+    assert mix[0][0] == 'llava' and _Unloaded.sized > 0

@@ -1,13 +1,12 @@
 """Semantic/part segmentation datasets asked as questions: the five sources in their on-disk
 formats (generated here), class sampling, label-map and instance masks, conversations, errors."""
 import json
-import logging
 import os.path as osp
 
 import numpy as np
 import pytest
 import torch
-from mmengine.logging import MMLogger
+from conftest import captured_log_records
 from PIL import Image
 from pycocotools import mask as mask_utils
 
@@ -275,16 +274,9 @@ def test_label_map_with_only_ignore_pixels_is_skipped_and_another_drawn(ade_root
     dataset = ADE20KSemSegDataset(data_root=str(ade_root), pipeline=[
         dict(type='LoadImageFromFile'), dict(type='SampleSemSegTargets')])
     assert dataset.get_data_info(0)['img_id'] == 'ADE_train_0'
-    logger = MMLogger.get_current_instance()
-    records = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    logger.addHandler(handler)
-    try:
+    with captured_log_records() as records:
         sample = dataset[0]
         dataset[0]
-    finally:
-        logger.removeHandler(handler)
     assert sample['img_id'] == 'ADE_train_1'
     skips = [r.getMessage() for r in records if 'no class to ask about' in r.getMessage()]
     assert len(skips) == 1 and 'ADE_train_0.png' in skips[0]
@@ -390,15 +382,8 @@ def test_paco_instances_masks_and_part_names(paco_root):
 
 
 def test_paco_skip_is_logged_with_a_count(paco_root):
-    logger = MMLogger.get_current_instance()
-    records = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    logger.addHandler(handler)
-    try:
+    with captured_log_records() as records:
         PACOLVISSemSegDataset(data_root=str(paco_root))
-    finally:
-        logger.removeHandler(handler)
     assert any('1 of 2 images' in r.getMessage() for r in records)
 
 

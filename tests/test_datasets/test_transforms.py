@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import captured_log_records
 import torch
 from mmengine.dataset import pseudo_collate
 from PIL import Image
@@ -309,6 +310,21 @@ def test_truncation_that_drops_codebook_tokens_names_the_record():
     assert err.value.field == 'conversation'
     assert err.value.record == 'record 0 (id=7), question 0'
     assert 'codebook token' in str(err.value)
+
+
+def test_overflow_skip_drops_a_sample_that_cannot_be_cut():
+    full = tokenized(tiny_info(0), max_length=None)['input_ids']
+    # Fits after a harmless cut: kept, exactly as with overflow='error'.
+    kept = tokenized(tiny_info(0), max_length=len(full) - 2, overflow='skip')
+    assert torch.equal(kept['input_ids'], full[:len(full) - 2])
+    # Would lose codebook tokens: dropped (mmengine refetches another index), with a warning
+    # naming the record.
+    with captured_log_records() as records:
+        assert tokenized(tiny_info(0), max_length=len(full) - 10, overflow='skip') is None
+    text = ' '.join(r.getMessage() for r in records)
+    assert 'record 0 (id=7), question 0' in text and 'skipped' in text
+    with pytest.raises(ValueError, match="overflow must be 'error' or 'skip'"):
+        TokenizeConversation(tokenizer=TOKENIZER, overflow='drop')
 
 
 def test_tokenizer_without_codebook_tokens_is_rejected():

@@ -1,6 +1,5 @@
 """``tools/train.py`` and ``tools/test.py`` on the toy plugin, their config edits, mask overlays."""
 import argparse
-import importlib.util
 import os.path as osp
 import re
 import subprocess
@@ -10,6 +9,7 @@ import uuid
 import numpy as np
 import pytest
 import torch
+from conftest import load_tool
 from mmengine.config import Config
 from mmengine.runner import Runner
 from mmengine.structures import InstanceData
@@ -30,12 +30,7 @@ TOY_ITER = osp.join(TOY, 'toy_iter.py')
 METRIC_LINE = re.compile(r'^(mse|count): (\S+)$', re.M)
 
 
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(f'pixellm_tools_{name}',
-                                                  osp.join(REPO, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+_tool = load_tool
 
 
 def _unique_name():

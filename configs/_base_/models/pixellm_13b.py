@@ -1,5 +1,6 @@
-# PixelLM-13B: the 7B definition with llava-llama-2-13b-chat-lightning-preview (LLaMA-2-13B shapes)
-# and the llama-2 chat template in its data configs.
+# PixelLM-13B: the 7B definition with llava-llama-2-13b-chat-lightning-preview (LLaMA-2-13B shapes).
+# The chat template is a pipeline setting; the official code trains and serves this model with
+# llava_v1 (see configs/pixellm/pixellm_13b_lora_8xb2_ga10_5k_mix.py).
 from mmengine.config import read_base
 
 with read_base():

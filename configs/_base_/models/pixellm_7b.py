@@ -38,4 +38,10 @@ model = dict(
     loss_dice=dict(type='MaskDiceLoss', loss_weight=0.5),
     llm_image_grid=16,
     max_new_tokens=512,
+    # --pad_train_clip_images: every official loader resizes the longest side to 448, pads, and
+    # normalises with SAM's ImageNet mean/std (its preprocess()), not the CLIP statistics of
+    # preprocessor_448.json, which only its unpadded path uses.
+    data_preprocessor=dict(type='PixelLMDataPreprocessor',
+                           mean=(123.675 / 255, 116.28 / 255, 103.53 / 255),
+                           std=(58.395 / 255, 57.12 / 255, 57.375 / 255)),
 )

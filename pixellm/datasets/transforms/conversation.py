@@ -4,11 +4,13 @@ dataset's map step), expand target placeholders to codebook tokens, tokenize wit
 Question and composed-answer templates are the official ones (``utils/utils.py`` of PixelLM), with
 ``{seg}`` standing for one target until :class:`ExpandSegTokens` writes the codebook tokens.
 """
+import logging
 from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
 from mmcv.transforms import BaseTransform
+from mmengine.logging import print_log
 
 from pixellm.datasets.chat_templates import encode_conversation, encode_prompt
 from pixellm.datasets.muse_dataset import DatasetFormatError, record_context
@@ -291,7 +293,9 @@ class TokenizeConversation(BaseTransform):
     such as the final ``'</s>'``). When the cut would drop a target's codebook tokens the official
     code truncates silently, leaving a mask without its tokens; here it raises
     :class:`DatasetFormatError` naming the record and the question, so the data or ``max_length``
-    can be fixed rather than train on a misaligned sample.
+    can be fixed rather than train on a misaligned sample. With ``overflow='skip'`` (training
+    recipes over large real data) such a sample is dropped instead: the transform returns None,
+    mmengine's dataset draws another index in its place, and a warning names the record.
 
     Required keys: ``conversation``. Optional: ``codebook_tokens`` (from ``ExpandSegTokens``; a
     conversation without it has no targets to protect and is cut like any text).
@@ -305,18 +309,25 @@ class TokenizeConversation(BaseTransform):
         max_length (int, optional): Maximum ids per sample (see above); None for no limit.
             Defaults to 512.
         use_im_start_end (bool): Wrap the image in ``<im_start>``/``<im_end>``. Defaults to False.
+        overflow (str): What a conversation that cannot be cut to ``max_length`` (codebook tokens
+            or all supervision would be lost) does: ``'error'`` raises, ``'skip'`` drops the
+            sample (returns None; use only in training pipelines, where mmengine refetches).
+            Defaults to ``'error'``.
 
     Raises:
-        DatasetFormatError: Truncation would drop codebook tokens.
+        DatasetFormatError: Truncation would drop codebook tokens (``overflow='error'``).
         ValueError: The tokenizer does not hold a codebook token as one token (checked for every
             sample that went through ``ExpandSegTokens``).
     """
 
     def __init__(self, tokenizer=DEFAULT_TOKENIZER, template: str = 'vicuna_v1',
                  max_length: Optional[int] = 512, use_im_start_end: bool = False,
-                 codebook: Optional[dict] = None) -> None:
+                 codebook: Optional[dict] = None, overflow: str = 'error') -> None:
         if max_length is not None and max_length < 1:
             raise ValueError(f'max_length must be positive or None, got {max_length}')
+        if overflow not in ('error', 'skip'):
+            raise ValueError(f"overflow must be 'error' or 'skip', got {overflow!r}")
+        self.overflow = overflow
         if codebook is not None and isinstance(tokenizer, dict):
             from pixellm.models.tokenizers import codebook_tokenizer_cfg
             tokenizer = codebook_tokenizer_cfg(tokenizer, codebook_cfg_tokens(codebook),
@@ -368,27 +379,39 @@ class TokenizeConversation(BaseTransform):
         # tokens trains the wrong ids silently.
         codebook_ids = self._codebook_ids(results.get('codebook_tokens', ()))
         if self.max_length is not None and len(input_ids) > self.max_length:
-            lost = int(torch.isin(input_ids[self.max_length:],
-                                  torch.tensor(codebook_ids, dtype=torch.long)).sum())
-            if lost:
-                ctx = record_context(results)
-                q = results.get('question_index', '?')
-                raise DatasetFormatError(
-                    ctx['file'], f'{ctx["record"]}, question {q}', 'conversation',
-                    f'the conversation has {len(input_ids)} ids; cutting it to max_length='
-                    f'{self.max_length} would drop {lost} codebook token(s) of its targets; '
-                    'raise max_length or shorten the question/answer')
-            # encode_conversation checks that the image and some supervision survive the cut.
-            encoded = encode_conversation(conversation, self.tokenizer, template=self.template,
-                                          max_length=self.max_length,
-                                          use_im_start_end=self.use_im_start_end)
-            input_ids, labels = encoded['input_ids'], encoded['labels']
+            try:
+                input_ids, labels = self._cut(results, conversation, input_ids, codebook_ids)
+            except (DatasetFormatError, ValueError) as err:
+                if self.overflow == 'error':
+                    raise
+                print_log(f'TokenizeConversation: skipped a sample that does not fit '
+                          f'max_length={self.max_length}: {err}', logger='current',
+                          level=logging.WARNING)
+                return None
         results['input_ids'] = input_ids
         results['labels'] = labels
         results['prompt_ids'] = encode_prompt(conversation[:-1], self.tokenizer,
                                               template=self.template,
                                               use_im_start_end=self.use_im_start_end)
         return results
+
+    def _cut(self, results: dict, conversation, input_ids: torch.Tensor,
+             codebook_ids: List[int]):
+        lost = int(torch.isin(input_ids[self.max_length:],
+                              torch.tensor(codebook_ids, dtype=torch.long)).sum())
+        if lost:
+            ctx = record_context(results)
+            q = results.get('question_index', '?')
+            raise DatasetFormatError(
+                ctx['file'], f'{ctx["record"]}, question {q}', 'conversation',
+                f'the conversation has {len(input_ids)} ids; cutting it to max_length='
+                f'{self.max_length} would drop {lost} codebook token(s) of its targets; '
+                'raise max_length or shorten the question/answer')
+        # encode_conversation checks that the image and some supervision survive the cut.
+        encoded = encode_conversation(conversation, self.tokenizer, template=self.template,
+                                      max_length=self.max_length,
+                                      use_im_start_end=self.use_im_start_end)
+        return encoded['input_ids'], encoded['labels']
 
     def __getstate__(self) -> dict:
         # Workers rebuild the tokenizer from its config instead of unpickling a built one.

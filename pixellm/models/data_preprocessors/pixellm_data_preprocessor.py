@@ -16,8 +16,10 @@ class PixelLMDataPreprocessor(BaseDataPreprocessor):
     """Normalise resized images and pad them to ``size x size`` (PixelLM ``pad_train_clip_images``).
 
     The pipeline resizes each image so its longest side is ``size``; here each image is scaled to
-    [0, 1], normalised with the CLIP mean/std (PixelLM's ``preprocessor_448.json``) and padded with
-    zeros at the bottom and right *after* normalisation, as the official code does. The unpadded
+    [0, 1], normalised with ``mean``/``std`` and padded with zeros at the bottom and right *after*
+    normalisation, as the official code does. The defaults are CLIP's statistics; note that with
+    ``--pad_train_clip_images`` the official loaders normalise with SAM's ImageNet mean/std
+    instead, which the 7B/13B model configs set (``configs/_base_/models/pixellm_7b.py``). The unpadded
     size is kept in each sample's ``img_shape`` so the model can mask padded patches and crop the
     masks.
 
