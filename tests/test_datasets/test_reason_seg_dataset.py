@@ -13,7 +13,8 @@ from refer_fixtures import box_mask, demo_pipeline, run
 
 from pixellm.datasets import (BuildReferConversation, ChooseExplanatoryAnswer,
                               DatasetFormatError, ReasonSegDataset)
-from pixellm.datasets.transforms import DecodeTargetMasks, LoadImageFromFile, SampleQuestion
+from pixellm.datasets.transforms import (DecodeTargetMasks, LoadImageFromFile,
+                                        PackPixelLMInputs, SampleQuestion)
 from pixellm.datasets.transforms.conversation import LONG_QUESTION_TEMPLATES
 from pixellm.datasets.transforms.loading import decode_segmentation
 from pixellm.datasets.transforms.refer_conversation import (EXPLANATORY_QUESTION_TEMPLATES,
@@ -113,6 +114,10 @@ def test_target_and_ignore_regions_follow_the_official_rasterisation(root, name,
     assert np.array_equal(out['gt_masks'][0], target)
     assert np.array_equal(decode_segmentation(info['ignore_segmentation'], h, w), ignore)
     assert (target.sum(), ignore.sum()) == ((31, 9) if name == 'a' else (9, 91))
+    # The ignore region reaches the data sample for the metric (and never the target masks).
+    assert np.array_equal(out['gt_ignore'], ignore)
+    packed = PackPixelLMInputs(meta_keys=())(dict(out, img=np.zeros((h, w, 3), np.uint8)))
+    assert torch.equal(packed['data_samples'].gt_ignore, torch.from_numpy(ignore))
 
 
 def test_val_items_take_the_first_question_unless_all_are_asked_for(root):

@@ -183,3 +183,21 @@ def test_semantic_segmentation_miou_goes_through_mmseg():
     result = metric.evaluate(1)
     # background: I=1, U=2; foreground: I=2, U=3; mmseg reports percentages.
     assert result['mIoU'] == pytest.approx(100 * (1 / 2 + 2 / 3) / 2, abs=0.01)
+
+
+def test_ignore_region_is_left_out_of_intersection_and_union():
+    # Target: left half. Prediction: left three columns. Ignore: column 2 (where they differ)
+    # and the top row. Counted pixels: rows 1-3 of columns 0, 1, 3.
+    gt = masks(['1100'] * 4)
+    pred = masks(['1110'] * 4)
+    ignore = torch.tensor([[c == '1' for c in row]
+                           for row in ['1111', '0010', '0010', '0010']])
+    metric = ReasonSegMetric()
+    metric.process({}, [dict(sample(gt, pred), gt_ignore=ignore)])
+    plain = ReasonSegMetric()
+    plain.process({}, [sample(gt, pred)])
+    # With ignore: I = 6 (rows 1-3 x cols 0, 1), U = 6 -> 1.0; without: I = 8, U = 12.
+    assert metric.compute_metrics(metric.results)['gIoU'] == pytest.approx(1.0)
+    assert plain.compute_metrics(plain.results)['gIoU'] == pytest.approx(8 / 12)
+    with pytest.raises(ValueError, match='gt_ignore has shape'):
+        metric.process({}, [dict(sample(gt, pred), gt_ignore=ignore[:2])])

@@ -22,8 +22,9 @@ class PackPixelLMInputs(BaseTransform):
 
     ``inputs`` is the ``uint8`` image as a ``(3, h, w)`` tensor (resized, not padded, not
     normalised); the data sample holds the metainfo keys, the token fields (``input_ids``,
-    ``labels``, ``prompt_ids``, when tokenized) and ``gt_instances.masks`` (bool ``(N, H, W)`` at
-    the original resolution, when decoded). The output collates with mmengine's
+    ``labels``, ``prompt_ids``, when tokenized), ``gt_instances.masks`` (bool ``(N, H, W)`` at
+    the original resolution, when decoded) and ``gt_ignore`` (bool ``(H, W)``, pixels left out of
+    evaluation, when the record has them). The output collates with mmengine's
     ``pseudo_collate``.
 
     Args:
@@ -78,6 +79,9 @@ class PackPixelLMInputs(BaseTransform):
         if 'gt_masks' in results:
             data_sample.gt_instances = InstanceData(
                 masks=torch.from_numpy(np.ascontiguousarray(results['gt_masks'], dtype=bool)))
+        if 'gt_ignore' in results:
+            data_sample.gt_ignore = torch.from_numpy(
+                np.ascontiguousarray(results['gt_ignore'], dtype=bool))
         return dict(inputs=inputs, data_samples=data_sample)
 
     def __repr__(self) -> str:

@@ -187,11 +187,17 @@ class DecodeTargetMasks(BaseTransform):
       target's ``label_values``, so they belong to no mask: the loss sees them as background, as
       the official masks ``label == class_id`` do.
 
+    A record may also carry ``ignore_segmentation`` (ReasonSeg's "ignore" polygons, as COCO RLE or
+    polygons; None when absent): it is decoded into ``gt_ignore``, the pixels the official
+    evaluation leaves out of every intersection and union (its label 255). Training ignores it,
+    as the official training masks (``mask == 1``) do.
+
     Required keys: ``targets`` (from ``SampleQuestion`` or ``SampleSemSegTargets``), ``height`` and
-    ``width`` (or ``ori_shape``). Optional: ``question_index``, ``seg_map_path``/``seg_map`` and
-    the record keys used in error messages.
+    ``width`` (or ``ori_shape``). Optional: ``question_index``, ``seg_map_path``/``seg_map``,
+    ``ignore_segmentation`` and the record keys used in error messages.
     Added keys: ``gt_masks`` (np.ndarray, bool, ``(N, H, W)``, one per target in answer order;
-    ``(0, H, W)`` when there is no target).
+    ``(0, H, W)`` when there is no target); ``gt_ignore`` (np.ndarray, bool, ``(H, W)``) when the
+    record has an ignore region.
 
     Raises:
         DatasetFormatError: A mask's size differs from the image's (field ``segmentation``, or
@@ -233,6 +239,15 @@ class DecodeTargetMasks(BaseTransform):
             masks.append(mask)
         results['gt_masks'] = (np.stack(masks) if masks else
                                np.zeros((0, img_h, img_w), dtype=bool))
+        if results.get('ignore_segmentation') is not None:
+            ignore = decode_segmentation(results['ignore_segmentation'], rec_h, rec_w)
+            if ignore.shape != (img_h, img_w):
+                ctx = record_context(results)
+                raise DatasetFormatError(
+                    ctx['file'], ctx['record'], 'ignore_segmentation',
+                    f'mask size {ignore.shape[0]}x{ignore.shape[1]} differs from the image size '
+                    f'{img_h}x{img_w} ({results.get("img_path", "image")})')
+            results['gt_ignore'] = ignore
         return results
 
     @staticmethod

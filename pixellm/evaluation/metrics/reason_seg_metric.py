@@ -138,8 +138,9 @@ class ReasonSegMetric(BaseMetric):
             data_batch (Any): The batch from the dataloader (unused: everything needed is in
                 the data samples).
             data_samples (Sequence[dict | BaseDataElement]): Model outputs with
-                ``gt_instances.masks`` and ``pred_instances.masks``; ``img_path`` (metainfo),
-                when present, names the sample in errors.
+                ``gt_instances.masks`` and ``pred_instances.masks``; optional ``gt_ignore``
+                (``(H, W)`` pixels left out of every score, ReasonSeg's ignore regions);
+                ``img_path`` (metainfo), when present, names the sample in errors.
         """
         for index, data_sample in enumerate(data_samples):
             sample = _as_dict(data_sample)
@@ -156,6 +157,14 @@ class ReasonSegMetric(BaseMetric):
                 raise ValueError(f'{name}: pred_instances.masks has shape {pred.shape} but '
                                  f'gt_instances.masks has shape {gt.shape}; predictions must '
                                  f'be resized to the ground-truth size.')
+            if sample.get('gt_ignore') is not None:
+                # ReasonSeg's ignore regions (label 255 officially) count in no intersection or
+                # union, for predictions and targets alike.
+                keep = ~_binary_masks(sample['gt_ignore'], f'{name}: gt_ignore')
+                if keep.shape != gt.shape[1:]:
+                    raise ValueError(f'{name}: gt_ignore has shape {keep.shape} but the masks are '
+                                     f'{gt.shape[1:]}.')
+                gt, pred = gt & keep, pred & keep
             intersections, unions = self._score(pred, gt)
             self.results.append(
                 dict(num_gt=int(gt.shape[0]),
