@@ -186,3 +186,20 @@ def merge_segmentations(segms: Sequence[Union[list, dict]], height: int, width: 
     counts = rle['counts']
     return dict(size=[int(v) for v in rle['size']],
                 counts=counts.decode('ascii') if isinstance(counts, bytes) else counts)
+
+
+def clean_polygons(segm: Any) -> Any:
+    """Drop polygons of fewer than 3 points (or an odd number of coordinates) from a polygon list.
+
+    COCO has a few such degenerate polygons; the official gRefCOCO loader drops them (and its part loader skips such images), and
+    pycocotools would read a leading 4-number one as a box. Anything that is not a list of
+    numbers is left for :func:`check_segmentation` to report.
+    """
+    if not isinstance(segm, list):
+        return segm
+    return [
+        poly for poly in segm
+        if not (isinstance(poly, list)
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in poly)
+                and (len(poly) < 6 or len(poly) % 2))
+    ]

@@ -29,7 +29,10 @@ class SampleRateMixDataset(Dataset):
     function of ``(seed, i)``: any sampler (mmengine's ``DefaultSampler`` and ``InfiniteSampler``
     shard indices over DDP ranks) sees the same mix on every rank count, and a resumed run
     continues the same sequence. The source's own pipeline turns the item into model inputs, so
-    every source must end with the same packing transform.
+    every source must end with the same packing transform. The pipelines' own random choices
+    (question templates, sampled classes) come from NumPy's state, which mmengine seeds per
+    dataloader worker from ``randomness.seed``: a run is reproducible for a fixed seed and worker
+    count, not per index.
 
     The official ``HybridDataset`` ignores the index and draws with the global NumPy state, so its
     mix differs between runs and ranks; the rates are the same.

@@ -16,8 +16,8 @@ from mmengine.fileio import join_path
 from mmengine.logging import print_log
 from mmengine.utils import is_abs
 
-from pixellm.datasets.dataset_utils import (build_pipeline, is_int, merge_segmentations,
-                                            read_bytes, read_json)
+from pixellm.datasets.dataset_utils import (build_pipeline, clean_polygons, is_int,
+                                            merge_segmentations, read_bytes, read_json)
 from pixellm.datasets.muse_dataset import DatasetFormatError, check_segmentation
 from pixellm.registry import DATASETS
 
@@ -27,23 +27,6 @@ COCO_TRAIN2014 = 'refer_seg/images/mscoco/images/train2014'
 SAIAPR = 'refer_seg/images/saiapr_tc-12'
 # gRefCOCO's ``ann_id`` of an expression that matches no object.
 NO_TARGET_ANN_ID = -1
-
-
-def _clean_polygons(segm: Any) -> Any:
-    """Drop polygons of fewer than 3 points (or an odd number of coordinates) from a polygon list.
-
-    COCO has a few such degenerate polygons; the official gRefCOCO loader drops them, and
-    pycocotools would read a leading 4-number one as a box. Anything that is not a list of
-    numbers is left for :func:`check_segmentation` to report.
-    """
-    if not isinstance(segm, list):
-        return segm
-    return [
-        poly for poly in segm
-        if not (isinstance(poly, list)
-                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in poly)
-                and (len(poly) < 6 or len(poly) % 2))
-    ]
 
 
 @DATASETS.register_module()
@@ -68,7 +51,7 @@ class ReferSegDataset(BaseDataset):
     official templates do. Empty sentences (the official validation code allows for them) name
     nothing and are left out, with a warning. An annotation with an empty ``segmentation``
     gives an empty mask, as in the official loader; polygons of fewer than 3 points are dropped
-    (see :func:`_clean_polygons`).
+    (see :func:`~pixellm.datasets.dataset_utils.clean_polygons`).
 
     Data info keys: ``img_path``, ``img_path_field`` (``'file_name'``), ``img_id``,
     ``record_index`` (the image's position in ``instances.json``'s ``images``), ``ann_file``
@@ -254,7 +237,7 @@ class ReferSegDataset(BaseDataset):
         if 'segmentation' not in ann:
             raise DatasetFormatError(self.instances_file, where, 'segmentation', 'missing')
         height, width = image['height'], image['width']
-        segm = _clean_polygons(ann['segmentation'])
+        segm = clean_polygons(ann['segmentation'])
         if isinstance(segm, list) and not segm:
             segm = merge_segmentations([], height, width)
         problem = check_segmentation(segm, height, width)
@@ -365,7 +348,9 @@ class ReferSegDataset(BaseDataset):
         data_list = []
         for info in per_image.values():
             if self.test_mode:
-                data_list.extend(dict(info, question_index=q)
+                # The official validation lowercases every referring sentence.
+                lowered = [text.lower() for text in info['questions']]
+                data_list.extend(dict(info, questions=lowered, question_index=q)
                                  for q in range(len(info['questions'])))
             else:
                 data_list.append(info)

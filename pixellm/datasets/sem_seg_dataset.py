@@ -18,8 +18,8 @@ from mmengine.dataset import BaseDataset
 from mmengine.fileio import isdir, list_dir_or_file
 from mmengine.logging import print_log
 
-from pixellm.datasets.dataset_utils import (build_pipeline, is_int, missing_file_error,
-                                            parse_json, read_bytes)
+from pixellm.datasets.dataset_utils import (build_pipeline, clean_polygons, is_int,
+                                            missing_file_error, parse_json, read_bytes)
 from pixellm.datasets.muse_dataset import DatasetFormatError, check_segmentation, describe_record
 from pixellm.registry import DATASETS
 
@@ -400,10 +400,22 @@ class COCOPartSemSegDataset(SemSegQADataset):
         categories = self._parse_categories(coco['categories'])
         images = self._parse_images(coco['images'])
         instances: Dict[Any, List[dict]] = {image_id: [] for image_id in images}
+        dropped = 0
         for k, ann in enumerate(coco['annotations']):
+            if isinstance(ann, dict) and isinstance(ann.get('segmentation'), list):
+                # Degenerate polygons (fewer than 3 points) are dropped as the refer loaders do;
+                # an annotation left with none is skipped and counted.
+                ann = dict(ann, segmentation=clean_polygons(ann['segmentation']))
+                if not ann['segmentation']:
+                    dropped += 1
+                    continue
             instances[self._check_annotation(ann, k, images, categories)].append(
                 dict({key: ann[key] for key in _KEPT_INSTANCE_KEYS if key in ann},
                      **categories[ann['category_id']]))
+        if dropped:
+            print_log(f'{self.dataset_name}: {dropped} annotation(s) in {self.ann_file} have '
+                      'only degenerate polygons (fewer than 3 points) and are skipped',
+                      logger='current', level=logging.WARNING)
 
         data_list, skipped = [], 0
         for image_id, (index, image) in images.items():

@@ -71,7 +71,7 @@ def test_multi_target_expression_gives_one_mask_per_object(root):
     assert np.array_equal(out['gt_masks'][0], ANN_MASKS[11])
     assert np.array_equal(out['gt_masks'][1], ANN_MASKS[12])
     assert out['conversation'][0]['content'] == \
-        '<image>\nWhat is person and car in this image? Please output segmentation mask.'
+        '<image>\n What is person and car in this image? Please output segmentation mask.'
     tokens = '[SEG0] [SEG1] [SEG2] [SEG3] [SEG4] [SEG5]'
     assert out['answer'] == f'{tokens} and {tokens}.'
 

@@ -139,10 +139,11 @@ def test_questions_use_long_or_short_templates_by_is_sentence(root):
     steps = [SampleQuestion(), BuildReferConversation(deterministic=True)]
     a = run(steps, dict(dataset.get_data_info(0), question_index=1))
     assert a['conversation'][0]['content'] == \
-        '<image>\nWhere would you put flowers? Please output segmentation mask.'
+        '<image>\n Where would you put flowers? Please output segmentation mask.'
     b = run(steps, dict(dataset.get_data_info(1), question_index=0))
+    # As the official validation: a space after the newline, the phrase as written ('Cup').
     assert b['conversation'][0]['content'] == \
-        '<image>\nWhat is cup in this image? Please output segmentation mask.'
+        '<image>\n What is Cup in this image? Please output segmentation mask.'
     assert a['answer'] == b['answer'] == '{seg}.'
     np.random.seed(0)
     questions = {run([SampleQuestion(), BuildReferConversation()],

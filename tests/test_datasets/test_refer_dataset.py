@@ -118,9 +118,10 @@ def test_test_pipeline_words_question_and_answer_as_the_official_validation(root
     dataset = refer_dataset(root, test_mode=True)
     out = run([SampleReferPhrases(), BuildReferConversation(deterministic=True),
                ExpandSegTokens()], dataset.get_data_info(2))
-    assert out['phrases'] == ['Red Car'] and out['num_targets'] == 1
+    # The official validation lowercases the sentence ('Red Car' in the refs file).
+    assert out['phrases'] == ['red car'] and out['num_targets'] == 1
     assert out['conversation'][0]['content'] == \
-        '<image>\nWhat is red car in this image? Please output segmentation mask.'
+        '<image>\n What is red car in this image? Please output segmentation mask.'
     assert out['answer'] == '[SEG0] [SEG1] [SEG2] [SEG3] [SEG4] [SEG5].'
 
 

@@ -387,6 +387,21 @@ def test_paco_skip_is_logged_with_a_count(paco_root):
     assert any('1 of 2 images' in r.getMessage() for r in records)
 
 
+def test_paco_degenerate_polygons_are_dropped_not_fatal(paco_root):
+    data = paco_json()
+    # Annotation 100 keeps its good polygon; 101 has only a 2-point one and is skipped.
+    good = data['annotations'][0]['segmentation'][0]
+    data['annotations'][0]['segmentation'] = [good, [1, 1, 2, 2]]
+    data['annotations'][1]['segmentation'] = [[1, 1, 2, 2]]
+    write_json(paco_root / 'vlpart/paco/annotations/paco_lvis_v1_train.json', data)
+    with captured_log_records() as records:
+        dataset = PACOLVISSemSegDataset(data_root=str(paco_root))
+    assert any('1 annotation(s)' in r.getMessage() and 'degenerate' in r.getMessage()
+               for r in records)
+    by_id = {inst['id']: inst for inst in dataset.get_data_info(0)['instances']}
+    assert sorted(by_id) == [100, 102] and by_id[100]['segmentation'] == [good]
+
+
 def test_pascal_part_image_path_and_names(pascal_root):
     dataset = PascalPartSemSegDataset(data_root=str(pascal_root))
     assert dataset.metainfo['classes'] == ('dog:head', 'cat:tail')
@@ -404,8 +419,8 @@ def test_pascal_part_image_path_and_names(pascal_root):
      'PACO-LVIS annotations[1] (id=101)', 'category_id', 'unknown class id 99'),
     (lambda d: d['annotations'][2].update(image_id=7),
      'PACO-LVIS annotations[2] (id=102)', 'image_id', 'unknown image id 7'),
-    (lambda d: d['annotations'][0].update(segmentation=[[1, 2, 3]]),
-     'PACO-LVIS annotations[0] (id=100)', 'segmentation', 'polygon 0 has 3 coordinates'),
+    (lambda d: d['annotations'][0].update(segmentation=[['1', 2, 3, 4, 5, 6]]),
+     'PACO-LVIS annotations[0] (id=100)', 'segmentation', 'polygon 0 must be a flat list'),
     (lambda d: d['annotations'].clear(), 'PACO-LVIS file', 'annotations', 'empty'),
     (lambda d: d['categories'].append(dict(id=40, name='a:b:c')),
      'PACO-LVIS categories[3]', 'name', 'object:part'),

@@ -286,13 +286,15 @@ class BuildReferConversation(BaseTransform):
         return options[0] if self.deterministic else options[np.random.randint(len(options))]
 
     def _question(self, text: str, is_sentence: bool) -> str:
+        if self.deterministic:
+            # The official validation writes '<image>\n What is ...' (a space after the newline,
+            # which LLaMA's tokenizer encodes differently) and does not lowercase the phrase
+            # (refCOCO sentences come lowercased from the dataset; ReasonSeg's as written).
+            template = TEST_LONG_QUESTION if is_sentence else TEST_SHORT_QUESTION
+            return ' ' + template.format(sent=text, class_name=text)
         if is_sentence:
-            template = TEST_LONG_QUESTION if self.deterministic else self._choice(
-                self.long_templates)
-            return template.format(sent=text)
-        template = TEST_SHORT_QUESTION if self.deterministic else self._choice(
-            self.short_templates)
-        return template.format(class_name=text.lower())
+            return self._choice(self.long_templates).format(sent=text)
+        return self._choice(self.short_templates).format(class_name=text.lower())
 
     def _answer(self, phrases: Sequence[str], groups: Sequence[Sequence[dict]]) -> str:
         counts = [len(group) for group in groups]
