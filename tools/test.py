@@ -13,6 +13,7 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from pixellm.engine.checkpoint import atomic_write_text  # noqa: E402
+from pixellm.models.export import CONFIG_FILE as EXPORT_CONFIG_FILE  # noqa: E402
 from pixellm.engine.runner_utils import (add_common_arguments, build_runner,  # noqa: E402
                                          check_data_or_exit, format_metrics, load_tool_config,
                                          set_show_dir)
@@ -29,7 +30,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     """
     parser = argparse.ArgumentParser(description='Test a pixellm checkpoint')
     parser.add_argument('config', help='config file')
-    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('checkpoint', help='checkpoint file, or a folder written by '
+                        'tools/model_converters/export_hf.py (the model then comes from the '
+                        'folder; the config gives data and metric)')
     parser.add_argument('--show-dir', help='write mask overlay PNGs of the predictions here')
     parser.add_argument('--out', help='also write the metrics to this json file')
     add_common_arguments(parser)
@@ -46,10 +49,19 @@ def main(argv=None) -> dict:
         dict: The metrics returned by ``runner.test()``.
     """
     args = parse_args(argv)
-    if not osp.isfile(args.checkpoint):
-        raise SystemExit(f'tools/test.py: checkpoint {args.checkpoint!r} does not exist.')
+    exported = osp.isfile(osp.join(args.checkpoint, EXPORT_CONFIG_FILE))
+    if not exported and not osp.isfile(args.checkpoint):
+        hint = (f' (a folder needs {EXPORT_CONFIG_FILE}: pass a .pth checkpoint or a folder '
+                'written by tools/model_converters/export_hf.py)'
+                if osp.isdir(args.checkpoint) else '')
+        raise SystemExit(f'tools/test.py: checkpoint {args.checkpoint!r} does not exist{hint}.')
     cfg = load_tool_config(args)
-    cfg.load_from = args.checkpoint
+    if exported:
+        # The exported folder holds the whole model (merged LLM, tokenizer, other weights).
+        cfg.model = dict(type='ExportedPixelLM', folder=osp.abspath(args.checkpoint))
+        cfg.load_from = None
+    else:
+        cfg.load_from = args.checkpoint
     cfg.resume = False
     if args.show_dir:
         set_show_dir(cfg, osp.abspath(args.show_dir))

@@ -7,7 +7,7 @@ with read_base():
     from .._base_.models.pixellm_tiny import *  # noqa: F401,F403
 
 data_root = 'data/muse_demo/'
-max_iters = 1800
+max_iters = 2400
 batch_size = 8
 
 # One codebook config and one tokenizer config shared by the model and the pipeline, so both
@@ -21,7 +21,11 @@ model.update(  # noqa: F405
     # The tiny CLIP and LLaMA have random weights, so the demo trains them whole; with real
     # CLIP/LLaVA weights (the 7B/13B recipes) CLIP stays frozen and the LLM gets LoRA.
     vision_encoder=dict(model['vision_encoder'], frozen=False),  # noqa: F405
-    llm=dict(model['llm'], freeze=False, lora=None))  # noqa: F405
+    llm=dict(model['llm'], freeze=False, lora=None),  # noqa: F405
+    # A random-init LLM's codebook states share one dominant, target-independent part; without
+    # these two options the decoder settles on a prompt-independent "all objects" mask (see
+    # PixelDecoder's docstring). Pretrained LLaVA (the 7B/13B recipes) does not need them.
+    pixel_decoder=dict(model['pixel_decoder'], state_norm='batch', prompt_scale=8.0))  # noqa: F405
 
 train_pipeline = [
     dict(type='LoadImageFromFile'),

@@ -27,7 +27,8 @@ def test_fusion_weights_are_trained_parameters():
     dec = make()
     names = dict(dec.named_parameters())
     assert 'token_fusion' in names and 'scale_fusion' in names
-    torch.testing.assert_close(dec.token_fusion.data, torch.full((3,), 1 / 3))
+    # The official constant: 1 / (all codebook tokens), here 2 scales x 3 tokens.
+    torch.testing.assert_close(dec.token_fusion.data, torch.full((3,), 1 / 6))
     out = dec([torch.randn(2, 2, 3, 16)], [torch.randn(1, 16, 24) for _ in range(2)])
     out[0].sum().backward()
     assert dec.token_fusion.grad is not None and dec.token_fusion.grad.abs().sum() > 0
@@ -95,3 +96,47 @@ def test_train_neck_false_freezes_neck_and_dense_embedding_as_officially():
     assert not any(p.requires_grad for p in dec.image_feature_neck.parameters())
     assert not dec.no_mask_embed.weight.requires_grad
     assert dec.text_hidden_fcs[0].weight.requires_grad
+
+
+def _official_prompts(dec, states):
+    x = dec.text_hidden_fcs(states) * dec.prompt_scale
+    return torch.einsum('nstc,t->nsc', x, dec.token_fusion)
+
+
+def test_state_norm_standardises_each_codebook_slot_over_the_targets():
+    torch.manual_seed(0)
+    dec = PixelDecoder(in_channels=16, feat_channels=24, grid_size=4, input_size=56,
+                       embed_dim=32, num_heads=4, mlp_dim=64, state_norm='batch',
+                       prompt_scale=8.0)
+    # A large shared part plus a small per-target part, as a random-init LLM gives.
+    shared = torch.randn(1, 2, 3, 16) * 10
+    states = shared + 0.1 * torch.randn(5, 2, 3, 16)
+    dec.train()
+    got = dec.embed_targets(states)
+    mean = states.mean(0, keepdim=True)
+    var = states.var(0, unbiased=False, keepdim=True)
+    standard = (states - mean) / torch.sqrt(var + 1e-5)
+    torch.testing.assert_close(got, _official_prompts(dec, standard), rtol=1e-4, atol=1e-4)
+    # The running statistics moved towards the batch's and are used at test time, also by a
+    # lone target in training (batch statistics need two).
+    assert int(dec.state_norm.num_batches_tracked) == 1
+    running = (states - dec.state_norm.running_mean.view(1, 2, 3, 16)) / torch.sqrt(
+        dec.state_norm.running_var.view(1, 2, 3, 16) + 1e-5)
+    dec.eval()
+    torch.testing.assert_close(dec.embed_targets(states), _official_prompts(dec, running),
+                               rtol=1e-4, atol=1e-4)
+    dec.train()
+    torch.testing.assert_close(dec.embed_targets(states[:1]),
+                               _official_prompts(dec, running[:1]), rtol=1e-4, atol=1e-4)
+    assert int(dec.state_norm.num_batches_tracked) == 1
+
+
+def test_default_decoder_is_the_official_one():
+    dec = make()
+    assert dec.state_norm is None and dec.prompt_scale == 1.0
+    states = torch.randn(4, 2, 3, 16)
+    torch.testing.assert_close(dec.embed_targets(states), _official_prompts(dec, states))
+    assert not any('state_norm' in k for k in dec.state_dict())
+    with pytest.raises(ValueError, match="state_norm must be None or 'batch'"):
+        PixelDecoder(in_channels=16, feat_channels=24, grid_size=4, input_size=56,
+                     state_norm='layer')

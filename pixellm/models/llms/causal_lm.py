@@ -3,6 +3,7 @@ import inspect
 from typing import Dict, List, Optional, Sequence
 
 import torch
+from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from torch import nn
 
@@ -21,6 +22,40 @@ def _resolve_dtype(dtype):
     if dtype == 'auto':
         return 'auto'
     return getattr(torch, dtype)
+
+
+def _check_loading_info(pretrained: str, class_name: str, info: Dict) -> None:
+    """Refuse a checkpoint that leaves LLM weights at random; log the weights it does not use.
+
+    A LLaVA v1 folder holds, besides LLaMA, ``model.mm_projector.*`` (one Linear) and in some
+    releases its CLIP tower. PixelLM does not reuse them: the official code replaces the Linear
+    with a new two-layer MLP under the same name, so ``from_pretrained`` drops LLaVA's weights
+    (different keys and shapes) and the MLP starts from scratch, and it loads CLIP from its own
+    checkpoint. The projectors and the vision encoder here are likewise built on their own.
+
+    Args:
+        pretrained (str): The checkpoint name or path, for the messages.
+        class_name (str): The transformers class that was loaded.
+        info (dict): ``output_loading_info`` of ``from_pretrained``.
+
+    Raises:
+        ValueError: Some weights of the LLM are missing from the checkpoint.
+    """
+    missing = sorted(info.get('missing_keys') or ())
+    if missing:
+        raise ValueError(
+            f'{pretrained!r} lacks {len(missing)} weight(s) of {class_name}, which would be left '
+            f'at random values: {missing[:10]}{" ..." if len(missing) > 10 else ""}. Is it a '
+            'checkpoint of the architecture llm_config.model_type names (a LLaVA v1 folder for '
+            'PixelLM)?')
+    unexpected = sorted(info.get('unexpected_keys') or ())
+    if unexpected:
+        print_log(
+            f'HFCausalLM: {len(unexpected)} weight(s) of {pretrained!r} are not part of '
+            f'{class_name} and are not used: {unexpected[:10]}'
+            f'{" ..." if len(unexpected) > 10 else ""}. A LLaVA v1 mm_projector is among them '
+            'on purpose: the official PixelLM drops it too and trains a new MLP projector.',
+            logger='current')
 
 
 @MODELS.register_module()
@@ -48,6 +83,11 @@ class HFCausalLM(BaseModule):
             LLM weight except the new token rows.
         freeze (bool): Freeze the base weights. Defaults to True; False with ``lora=None`` is
             full fine-tuning.
+        base_vocab_size (int, optional): How many rows of the checkpoint's embedding table and
+            LM head are base vocabulary. The rows past it (the added tokens that
+            :meth:`fold_added_rows` wrote into the tables of an exported folder) become the
+            trainable added rows again, as if :meth:`add_token_rows` had made them. None (the
+            default) keeps every row as a base row.
         init_cfg (dict, optional): mmengine init config.
     """
 
@@ -59,6 +99,7 @@ class HFCausalLM(BaseModule):
                  gradient_checkpointing: bool = False,
                  lora: Optional[Dict] = None,
                  freeze: bool = True,
+                 base_vocab_size: Optional[int] = None,
                  init_cfg: Optional[Dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
         import transformers
@@ -72,11 +113,12 @@ class HFCausalLM(BaseModule):
         if pretrained is not None:
             # The architecture class comes from llm_config, not from the checkpoint's config:
             # LLaVA v1 checkpoints say model_type="llava", which transformers maps to its own
-            # (non causal-LM) LLaVA class; their language model is a plain LLaMA, and the extra
-            # mm_projector / vision_tower weights are ignored here.
+            # (non causal-LM) LLaVA class; their language model is a plain LLaMA.
             config = config_cls.from_pretrained(pretrained)
-            model = model_cls.from_pretrained(pretrained, config=config, dtype=dtype,
-                                              attn_implementation=attn_implementation)
+            model, info = model_cls.from_pretrained(pretrained, config=config, dtype=dtype,
+                                                    attn_implementation=attn_implementation,
+                                                    output_loading_info=True)
+            _check_loading_info(pretrained, model_cls.__name__, info)
         elif llm_config is not None:
             config = config_cls(**cfg)
             config._attn_implementation = attn_implementation
@@ -86,6 +128,7 @@ class HFCausalLM(BaseModule):
         else:
             raise ValueError('HFCausalLM needs `pretrained` (checkpoint name or path) or '
                              '`llm_config` (config kwargs for a randomly initialised model)')
+        added_embed, added_head = self._split_added_rows(model, base_vocab_size)
         if freeze:
             model.requires_grad_(False)
         if gradient_checkpointing:
@@ -108,8 +151,75 @@ class HFCausalLM(BaseModule):
         self._cache_key = 'cache' if 'cache' in decoder_params else 'past_key_values'
         # The added rows are the only trained embeddings; they stay float32 whatever the LLM's
         # dtype, because mmengine's optimizer keeps no fp32 master copy of bf16 parameters.
-        self.new_embed = nn.Parameter(torch.empty(0, self.hidden_size))
-        self.new_head = nn.Parameter(torch.empty(0, self.hidden_size))
+        self.new_embed = nn.Parameter(added_embed)
+        self.new_head = nn.Parameter(added_head)
+
+    @staticmethod
+    def _split_added_rows(model: nn.Module, base_vocab_size: Optional[int]):
+        """Cut the rows past ``base_vocab_size`` off the tables; return them as float32 copies."""
+        emb = model.get_input_embeddings().weight
+        head = model.get_output_embeddings().weight
+        rows, hidden = emb.shape
+        if base_vocab_size is None or base_vocab_size == rows:
+            return torch.empty(0, hidden), torch.empty(0, hidden)
+        if not 0 < base_vocab_size < rows:
+            raise ValueError(f'base_vocab_size={base_vocab_size} but the LLM\'s embedding table '
+                             f'has {rows} rows; it must lie in [1, {rows}]')
+        added_embed = emb.detach()[base_vocab_size:].float().clone()
+        added_head = head.detach()[base_vocab_size:].float().clone()
+        # Shrinking keeps the first rows as they are (nothing is initialised) and re-ties tied
+        # tables; it also updates config.vocab_size.
+        model.resize_token_embeddings(base_vocab_size, mean_resizing=False)
+        return added_embed, added_head
+
+    def merge_lora(self) -> None:
+        """Merge the LoRA adapters into the base weights and drop the peft wrapper, in place.
+
+        Uses peft's ``merge_and_unload`` (with its NaN check); afterwards ``self.model`` is the
+        plain transformers model and the outputs are the same up to rounding. Does nothing
+        without LoRA.
+        """
+        if self.lora_cfg is None:
+            return
+        self.model = self.model.merge_and_unload(safe_merge=True)
+        self.lora_cfg = None
+
+    def fold_added_rows(self) -> None:
+        """Move the added rows into the transformers model's own tables, in place.
+
+        The inverse of ``base_vocab_size``: afterwards the embedding table and LM head hold the
+        base rows followed by the added rows (in the tables' dtype), ``base_vocab_size`` equals
+        ``vocab_size`` and ``new_embed``/``new_head`` are empty, so the outputs are unchanged up
+        to rounding and :attr:`hf_model` saves with ``save_pretrained`` as a complete
+        ``*ForCausalLM``. Tied tables whose added rows differ (the embedding and head rows are
+        trained apart) are untied, with ``tie_word_embeddings=False`` in the config.
+        """
+        num = self.new_embed.shape[0]
+        if num == 0:
+            return
+        hf = self.hf_model
+        if getattr(hf.get_output_embeddings(), 'bias', None) is not None:
+            raise ValueError('fold_added_rows does not support an LM head with a bias')
+        emb = hf.get_input_embeddings().weight
+        head = hf.get_output_embeddings().weight
+        new_embed = self.new_embed.detach().to(emb.dtype)
+        new_head = self.new_head.detach().to(head.dtype)
+        if head is emb and not torch.equal(new_embed, new_head):
+            # resize_token_embeddings resizes the shared Parameter in place, so the head needs a
+            # Parameter of its own first; the config keeps from_pretrained from re-tying them.
+            hf.config.tie_word_embeddings = False
+            hf.get_output_embeddings().weight = nn.Parameter(head.detach().clone(),
+                                                             requires_grad=head.requires_grad)
+        base = self.base_vocab_size
+        # Growing with resize_token_embeddings keeps transformers' own bookkeeping (config and
+        # model vocab_size, tying); its initialisation of the new rows is overwritten below.
+        hf.resize_token_embeddings(base + num, mean_resizing=False)
+        with torch.no_grad():
+            hf.get_input_embeddings().weight[base:] = new_embed
+            hf.get_output_embeddings().weight[base:] = new_head
+        self.base_vocab_size = base + num
+        self.new_embed = nn.Parameter(self.new_embed.data.new_empty(0, self.hidden_size))
+        self.new_head = nn.Parameter(self.new_head.data.new_empty(0, self.hidden_size))
 
     @staticmethod
     def _wrap_lora(model: nn.Module, lora: Dict) -> nn.Module:

@@ -25,12 +25,24 @@ class PixelDecoder(BaseModule):
 
     Difference from the official code, on purpose: the token-fusion and scale-fusion weights are
     registered ``nn.Parameter`` s here. The official code keeps them in plain Python lists, so
-    they stay at their initial values (``1/tokens_per_scale``, ``1/num_scales``), are never
+    they stay at their initial values (``1/(num_scales * tokens_per_scale)`` per token, as the
+    official list is sized by all codebook tokens though each scale reads only
+    ``tokens_per_scale`` of them, and ``1/num_scales`` per scale), are never
     trained and are not in its checkpoints. Set ``learn_fusion_weights=False`` to reproduce that.
     Likewise the official training leaves the image neck and the dense "no mask" embedding at
     their random initial values (``train_ds.py`` re-enables only ``mask_decoder``,
     ``text_hidden_fcs``, ``mm_projector`` and the token tables after peft freezes the rest); here
     they are trained, and ``train_neck=False`` freezes them as officially.
+
+    Two options, off by default (the official decoder), exist for LLMs trained from random
+    initialisation, such as the offline demo's tiny LLaMA: there the codebook hidden states are
+    dominated by a part that is the same for every target (a random-init LLM has no pretrained,
+    token-specific representations), the target-specific part is small, and the decoder settles on
+    one prompt-independent mask ("all salient objects") before it learns to read the prompt.
+    ``state_norm='batch'`` standardises each codebook slot's hidden state over the targets of the
+    batch (a ``BatchNorm1d`` without affine terms, running statistics at test time), which removes
+    that shared part; ``prompt_scale`` multiplies the prompts so that they weigh like the learned
+    SAM tokens beside them. With pretrained LLaVA weights neither is needed.
 
     Args:
         in_channels (int): Width of the codebook hidden states (the LLM width).
@@ -47,6 +59,11 @@ class PixelDecoder(BaseModule):
         learn_fusion_weights (bool): Train the fusion weights (see above). Defaults to True.
         train_neck (bool): Train the image neck and the dense embedding (see above).
             Defaults to True.
+        state_norm (str, optional): ``'batch'`` to standardise the codebook hidden states over
+            the batch's targets before ``text_hidden_fcs`` (see above); None keeps the official
+            decoder. Defaults to None.
+        prompt_scale (float): Factor on the prompts out of ``text_hidden_fcs`` (see above).
+            Defaults to 1.0 (official).
         init_cfg (dict, optional): mmengine init config.
     """
 
@@ -64,10 +81,17 @@ class PixelDecoder(BaseModule):
                  num_mask_tokens: int = 4,
                  learn_fusion_weights: bool = True,
                  train_neck: bool = True,
+                 state_norm: Optional[str] = None,
+                 prompt_scale: float = 1.0,
                  init_cfg: Optional[Dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
         if embed_dim % 8:
             raise ValueError(f'embed_dim must be a multiple of 8, got {embed_dim}')
+        if state_norm not in (None, 'batch'):
+            raise ValueError(f"state_norm must be None or 'batch', got {state_norm!r}")
+        self.state_norm = (nn.BatchNorm1d(in_channels * num_scales * tokens_per_scale,
+                                          affine=False) if state_norm == 'batch' else None)
+        self.prompt_scale = float(prompt_scale)
         self.in_channels = in_channels
         self.feat_channels = feat_channels
         self.grid_size = grid_size
@@ -78,7 +102,8 @@ class PixelDecoder(BaseModule):
         self.text_hidden_fcs = nn.Sequential(
             nn.Linear(in_channels, in_channels), nn.ReLU(inplace=True),
             nn.Linear(in_channels, embed_dim), nn.Dropout(0.0))
-        self.token_fusion = nn.Parameter(torch.full((tokens_per_scale,), 1.0 / tokens_per_scale),
+        self.token_fusion = nn.Parameter(torch.full((tokens_per_scale,),
+                                                    1.0 / (num_scales * tokens_per_scale)),
                                          requires_grad=learn_fusion_weights)
         self.scale_fusion = nn.Parameter(torch.full((num_scales,), 1.0 / num_scales),
                                          requires_grad=learn_fusion_weights)
@@ -134,8 +159,25 @@ class PixelDecoder(BaseModule):
         """``(N, scales, tokens, in_channels)`` hidden states -> ``(N, scales, embed_dim)``."""
         if states.shape[1:3] != (self.num_scales, self.tokens_per_scale):
             self.check_codebook(states.shape[1], states.shape[2])
-        x = self.text_hidden_fcs(states.to(self.text_hidden_fcs[0].weight.dtype))
+        x = states.to(self.text_hidden_fcs[0].weight.dtype)
+        if self.state_norm is not None:
+            x = self._normalise_states(x)
+        x = self.text_hidden_fcs(x)
+        if self.prompt_scale != 1.0:
+            x = x * self.prompt_scale
         return torch.einsum('nstc,t->nsc', x, self.token_fusion.to(x.dtype))
+
+    def _normalise_states(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        flat = x.reshape(n, -1).float()
+        bn = self.state_norm
+        # Batch statistics need two targets; a lone target in training uses the running ones.
+        use_batch = self.training and n > 1
+        out = F.batch_norm(flat, bn.running_mean, bn.running_var, None, None,
+                           training=use_batch, momentum=bn.momentum, eps=bn.eps)
+        if use_batch:
+            bn.num_batches_tracked += 1
+        return out.to(x.dtype).reshape(x.shape)
 
     def _decode_level(self, feats: torch.Tensor, prompts: torch.Tensor, level: int,
                       previous: Optional[torch.Tensor]) -> torch.Tensor:
