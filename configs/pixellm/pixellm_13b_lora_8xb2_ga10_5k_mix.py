@@ -4,91 +4,28 @@
 # Data layout: docs/datasets.md. Train with
 #   torchrun --nproc_per_node 8 tools/train.py \
 #       configs/pixellm/pixellm_13b_lora_8xb2_ga10_5k_mix.py --launcher pytorch
+# The chat template stays llava_v1 ('vicuna_v1'), as the official README trains and serves the 13B
+# model: its collate_fn masks labels by the llava_v1 separators only and fails an assertion on
+# llava_llama_2 conversations.
 from mmengine.config import read_base
 
 with read_base():
-    from .._base_.datasets.pixellm_mix import *  # noqa: F401,F403
-    from .._base_.default_runtime import *  # noqa: F401,F403
-    from .._base_.models.pixellm_13b import *  # noqa: F401,F403
-    from .._base_.schedules.pixellm_10e_5k import *  # noqa: F401,F403
+    from .pixellm_7b_lora_8xb2_ga10_5k_mix import *  # noqa: F401,F403
+    from .._base_.models.pixellm_13b import llama2_13b, llava_path  # noqa: F401
 
-# ================================ settings ================================
-num_gpus = 8                     # world size the recipe assumes; only the mix length depends on it
-batch_size = 2                   # --batch_size, per GPU and micro-step
-# --conv_type llava_v1 (train_ds.py default), which the official README also uses for the 13B
-# model: its collate_fn masks labels by the llava_v1 separators only and fails an assertion on
-# llava_llama_2 conversations, and chat.py serves PixelLM-13B with llava_v1 too.
-chat_template = 'vicuna_v1'
-model_max_length = 512           # --model_max_length
-# The official collate_fn cuts every training sequence to model_max_length - 255 ids, the image
-# counting as one id, so that the 256 image tokens keep the LLM within model_max_length.
-max_text_length = model_max_length - (model['llm_image_grid']**2 - 1)  # noqa: F405
-# HybridDataset's samples_per_epoch; the mix is as long as the whole schedule so that every sample
-# is a fresh draw, as the official loader draws anew on every fetch.
-samples_per_epoch = batch_size * grad_accumulation_steps * steps_per_epoch * num_gpus  # noqa: F405
-# mmengine counts micro-batches as iterations.
-iters_per_epoch = steps_per_epoch * grad_accumulation_steps  # noqa: F405
-
-# ========================== model and tokenizer ===========================
-# One codebook config and one tokenizer config shared by the model and the pipelines, so both
-# agree on the codebook tokens and their ids.
-codebook = dict(type='SegCodebook', num_scales=image_feature_scale_num,  # noqa: F405
-                tokens_per_scale=seg_token_num)  # noqa: F405
-tokenizer = dict(model['tokenizer'], model_max_length=model_max_length)  # noqa: F405
-model.update(codebook=codebook, tokenizer=tokenizer)  # noqa: F405
-
-# ================================== data ==================================
-# Shared tail of every pipeline: write each target as the codebook's tokens, apply the LLM's chat
-# template, resize the longest side to the encoder size (--pad_train_clip_images; the data
-# preprocessor pads), pack.
-train_tail = [
-    dict(type='ExpandSegTokens', codebook=codebook),
-    dict(type='TokenizeConversation', tokenizer=tokenizer, codebook=codebook,
-         template=chat_template, max_length=max_text_length,
-         use_im_start_end=model['use_im_start_end'],  # noqa: F405
-         # A sample whose targets do not fit is drawn again instead of stopping the run (the
-         # official collate_fn cuts it silently, leaving masks without their tokens).
-         overflow='skip'),
-    dict(type='ResizeLongestSide', size=image_size),  # noqa: F405
-    dict(type='PackPixelLMInputs'),
-]
-# Evaluation sequences are not cut (the official validation tokenizes them whole).
-test_tail = [
-    dict(train_tail[0]),
-    dict(train_tail[1], max_length=None, overflow='error'),
-    dict(train_tail[2]),
-    dict(train_tail[3]),
-]
-
-train_dataloader = dict(
-    batch_size=batch_size, num_workers=4, persistent_workers=True,
-    sampler=dict(type='InfiniteSampler', shuffle=True),
-    dataset=dict(
-        type='SampleRateMixDataset',
-        groups={
-            name: [dict(source, pipeline=source['pipeline'] + train_tail) for source in sources]
-            for name, sources in train_groups.items()  # noqa: F405
-        },
-        sample_rates=sample_rates,  # noqa: F405
-        num_samples=samples_per_epoch * epochs,  # noqa: F405
-        seed=0))
-# --val_batch_size 1, as the official validation asserts.
-val_dataloader = dict(
-    batch_size=1, num_workers=4, persistent_workers=False,
-    sampler=dict(type='DefaultSampler', shuffle=False),
-    dataset=dict(val_dataset, pipeline=val_dataset['pipeline'] + test_tail))  # noqa: F405
-test_dataloader = val_dataloader
-test_evaluator = val_evaluator  # noqa: F405
-
-# ========================= schedule and optimizer =========================
-# From configs/_base_/schedules/pixellm_10e_5k.py: AdamW lr 3e-4, betas (0.9, 0.95), no weight
-# decay, 100 warm-up steps then linear decay to 0, gradient clipping 1.0, bf16 autocast,
-# accumulative_counts=10; 50,000 iterations = 5,000 optimizer steps, validation every epoch.
-
-# ================================ runtime =================================
-# Log every optimizer step (--print_freq 1); keep the latest checkpoint and the best one by
-# ReasonSeg val gIoU, written after every epoch, as the official run does.
-default_hooks.update(  # noqa: F405
-    logger=dict(type='LoggerHook', interval=grad_accumulation_steps),  # noqa: F405
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=iters_per_epoch,
-                    max_keep_ckpts=1, save_best='gIoU', rule='greater'))
+# The LLM and its tokenizer change; the tokenizer config is shared by the model and every
+# pipeline, so it is replaced in all of them.
+model['llm'].update(pretrained=llava_path, llm_config=llama2_13b)  # noqa: F405
+tokenizer = dict(tokenizer, name_or_path=llava_path)  # noqa: F405
+model.update(tokenizer=tokenizer)  # noqa: F405
+for _sources in train_dataloader['dataset']['groups'].values():  # noqa: F405
+    for _source in _sources:
+        for _step in _source['pipeline']:
+            if 'tokenizer' in _step:
+                _step['tokenizer'] = tokenizer
+for _pipeline in (val_dataloader['dataset']['pipeline'],  # noqa: F405
+                  test_dataloader['dataset']['pipeline'], train_tail, test_tail):  # noqa: F405
+    for _step in _pipeline:
+        if 'tokenizer' in _step:
+            _step['tokenizer'] = tokenizer
+del _sources, _source, _pipeline, _step  # loop names are not config keys
