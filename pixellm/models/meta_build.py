@@ -35,6 +35,21 @@ def offline_model_cfg(model_cfg: Dict) -> Dict:
     return cfg
 
 
+def build_random_init(model_cfg: Dict, seed: int = 0) -> torch.nn.Module:
+    """Build a model config at full size with random weights, never reading ``pretrained``.
+
+    Args:
+        model_cfg (dict): A PixelLM model config; its ``pretrained`` names may point anywhere
+            (they are dropped, see :func:`offline_model_cfg`).
+        seed (int): Seed of the random initialisation. Defaults to 0.
+
+    Returns:
+        torch.nn.Module: The model, on the CPU, with the config's dtypes and trainable flags.
+    """
+    torch.manual_seed(seed)
+    return MODELS.build(offline_model_cfg(model_cfg))
+
+
 def build_on_meta(model_cfg: Dict) -> torch.nn.Module:
     """Build a model config on the ``meta`` device: full architecture, no memory for weights."""
     with torch.device('meta'):
