@@ -1,7 +1,8 @@
 """Train a model from a config: ``python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]]``.
 
 Checkpoints are written atomically and carry the random state, so ``--resume`` continues exactly
-where an interrupted run stopped (see ``pixellm.engine``).
+where an interrupted run stopped (see ``pixellm.engine``). ``--deepspeed zero2|zero2_offload|zero3``
+switches to DeepSpeed (``configs/deepspeed/``); launch it with ``tools/dist_train.sh``.
 """
 import argparse
 import os.path as osp
@@ -13,7 +14,7 @@ from mmengine.logging import print_log
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from pixellm.engine.runner_utils import (add_common_arguments, apply_amp,  # noqa: E402
-                                         apply_resume, apply_seed, build_runner,
+                                         apply_deepspeed, apply_resume, apply_seed, build_runner,
                                          check_data_or_exit, enable_resume_safety,
                                          load_tool_config)
 
@@ -36,8 +37,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='mixed precision with AmpOptimWrapper (bfloat16 unless the config '
                         'sets a dtype); needs a CUDA/NPU/MLU/MUSA device')
     parser.add_argument('--seed', type=int, default=None, help='random seed (randomness.seed)')
-    # ---- Launch-time strategy choices go here (planned: --deepspeed zero2|zero3, applied in
-    # ---- main() next to --amp, the way --amp swaps the optimizer wrapper).
+    parser.add_argument(
+        '--deepspeed', metavar='zero2|zero2_offload|zero3|JSON',
+        help='train with DeepSpeed through mmengine\'s FlexibleRunner: a config from '
+        'configs/deepspeed/ or a DeepSpeed JSON file; "auto" values come from the config. '
+        'Needs a launcher (tools/dist_train.sh)')
     add_common_arguments(parser)
     return parser.parse_args(argv)
 
@@ -57,7 +61,14 @@ def main(argv=None) -> None:
             apply_amp(cfg)
         except (RuntimeError, ValueError) as err:
             raise SystemExit(f'tools/train.py: {err}') from err
-    notes = enable_resume_safety(cfg)
+    notes = []
+    if args.deepspeed:
+        # After --amp: a bfloat16 AmpOptimWrapper turns on DeepSpeed's bf16.
+        try:
+            notes += apply_deepspeed(cfg, args.deepspeed)
+        except (FileNotFoundError, ValueError) as err:
+            raise SystemExit(f'tools/train.py: {err}') from err
+    notes += enable_resume_safety(cfg)
     # The training loop builds the validation loop too, so both datasets must be there.
     check_data_or_exit(cfg, ('train_dataloader', 'val_dataloader'), 'tools/train.py')
 

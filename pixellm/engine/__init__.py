@@ -1,26 +1,30 @@
 """Training/testing machinery on mmengine: safe checkpoint loading, atomic saves, exact resume.
 
 Importing this package replaces the local-file loader of mmengine's ``CheckpointLoader`` with
-:func:`load_checkpoint_safely` (see :mod:`pixellm.engine.checkpoint`).
+:func:`load_checkpoint_safely` (see :mod:`pixellm.engine.checkpoint`). It also lets mmengine's
+``DeepSpeedStrategy`` build with current DeepSpeed (see :mod:`pixellm.engine.deepspeed_compat`).
 """
 from .checkpoint import (AtomicLocalBackend, UntrustedCheckpointError, allow_checkpoint_globals,
                          atomic_write_bytes, atomic_write_text, checkpoint_trust_enabled,
                          install_safe_checkpoint_loader, load_checkpoint_safely,
                          mmengine_checkpoint_globals, save_checkpoint_atomic, set_checkpoint_trust,
                          trusted_checkpoints)
+from .deepspeed_compat import register_available_deepspeed_optimizers
 from .hooks import (AtomicCheckpointHook, MaskOverlayHook, RNGStateHook, capture_rng_state,
                     render_mask_overlay, restore_rng_state)
-from .runner_utils import (add_common_arguments, apply_amp, apply_resume, apply_seed,
-                           apply_work_dir, build_runner, check_data_or_exit, enable_resume_safety,
-                           format_metrics, load_tool_config, set_show_dir)
+from .runner_utils import (add_common_arguments, apply_amp, apply_deepspeed, apply_resume,
+                           apply_seed, apply_work_dir, build_runner, check_data_or_exit,
+                           enable_resume_safety, format_metrics, load_tool_config,
+                           prepare_cpu_distributed, set_show_dir)
 
 __all__ = [
     'AtomicCheckpointHook', 'AtomicLocalBackend', 'MaskOverlayHook', 'RNGStateHook',
     'UntrustedCheckpointError', 'add_common_arguments', 'allow_checkpoint_globals', 'apply_amp',
-    'apply_resume', 'apply_seed', 'apply_work_dir', 'atomic_write_bytes', 'atomic_write_text',
-    'build_runner', 'capture_rng_state', 'check_data_or_exit', 'checkpoint_trust_enabled',
-    'enable_resume_safety', 'format_metrics', 'install_safe_checkpoint_loader',
-    'load_checkpoint_safely', 'load_tool_config', 'mmengine_checkpoint_globals',
-    'render_mask_overlay', 'restore_rng_state', 'save_checkpoint_atomic', 'set_checkpoint_trust',
-    'set_show_dir', 'trusted_checkpoints'
+    'apply_deepspeed', 'apply_resume', 'apply_seed', 'apply_work_dir', 'atomic_write_bytes',
+    'atomic_write_text', 'build_runner', 'capture_rng_state', 'check_data_or_exit',
+    'checkpoint_trust_enabled', 'enable_resume_safety', 'format_metrics',
+    'install_safe_checkpoint_loader', 'load_checkpoint_safely', 'load_tool_config',
+    'mmengine_checkpoint_globals', 'prepare_cpu_distributed',
+    'register_available_deepspeed_optimizers', 'render_mask_overlay', 'restore_rng_state',
+    'save_checkpoint_atomic', 'set_checkpoint_trust', 'set_show_dir', 'trusted_checkpoints'
 ]

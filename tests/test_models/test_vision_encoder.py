@@ -76,3 +76,14 @@ def test_bad_select_layer_and_missing_weights_errors():
         CLIPVisionEncoder(vision_config=VCFG, select_layers=(-9,))
     with pytest.raises(ValueError, match='pretrained'):
         CLIPVisionEncoder()
+
+
+def test_trained_tower_freezes_exactly_the_weights_that_never_run():
+    # Layers -2 and -4 of 4: layers 0-2 run, layer 3 and the final norm never do.
+    enc = CLIPVisionEncoder(vision_config=VCFG, select_layers=(-2, -4), frozen=False)
+    sum(f.sum() for f in enc(torch.randn(2, 3, 56, 56))).backward()
+    trainable = {n for n, p in enc.named_parameters() if p.requires_grad}
+    with_grad = {n for n, p in enc.named_parameters() if p.grad is not None}
+    assert trainable == with_grad
+    assert any('.layers.2.' in n for n in trainable)
+    assert not any('.layers.3.' in n or 'post_layernorm' in n for n in trainable)

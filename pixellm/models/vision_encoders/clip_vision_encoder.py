@@ -107,6 +107,15 @@ class CLIPVisionEncoder(BaseModule):
         self.frozen = frozen
         if frozen:
             self.requires_grad_(False)
+        else:
+            # The layers past the deepest selected one and the final layer norm never run (see
+            # forward); frozen, so DDP sees no trainable weight without a gradient.
+            deepest = max(i % (num_layers + 1) for i in self.select_layers)
+            for layer in self.vision_model.encoder.layers[deepest:]:
+                layer.requires_grad_(False)
+            post_norm = getattr(self.vision_model, 'post_layernorm', None)
+            if post_norm is not None:
+                post_norm.requires_grad_(False)
 
     @property
     def image_size(self) -> int:

@@ -1,0 +1,319 @@
+"""Distributed training: ``--deepspeed`` config conversion, and DDP and DeepSpeed ZeRO-2 on the CPU
+(gloo) through ``tools/dist_train.sh``, each matching one process with the same global batch."""
+import json
+import os
+import os.path as osp
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import load_tool
+from mmengine.config import Config
+
+from pixellm.engine import load_checkpoint_safely, register_available_deepspeed_optimizers
+from pixellm.engine.runner_utils import (apply_deepspeed, deepspeed_config_names,
+                                         prepare_cpu_distributed, resolve_deepspeed_config)
+from pixellm.utils import load_config
+
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+TOY = osp.join(REPO, 'tests', 'test_engine', 'toy')
+TOY_DIST = osp.join(TOY, 'toy_dist.py')
+RECIPE_7B = osp.join(REPO, 'configs', 'pixellm', 'pixellm_7b_lora_8xb2_ga10_5k_mix.py')
+ITERS = 4
+
+
+# ------------------------------------------------------------------ apply_deepspeed (no processes)
+
+def _train_cfg(**optim_wrapper):
+    """A minimal training config as tools/train.py hands it to apply_deepspeed."""
+    wrapper = dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=1e-3))
+    wrapper.update(optim_wrapper)
+    return Config(dict(launcher='pytorch', optim_wrapper=wrapper,
+                       train_dataloader=dict(batch_size=2, dataset=dict(type='X'))))
+
+
+def _json(tmp_path, **entries):
+    path = tmp_path / 'ds.json'
+    path.write_text(json.dumps(entries))
+    return str(path)
+
+
+def test_shipped_deepspeed_configs_are_listed():
+    assert deepspeed_config_names() == ['zero2', 'zero2_offload', 'zero3']
+
+
+def test_7b_recipe_becomes_flexible_runner_with_zero2_from_its_own_settings():
+    cfg = load_config(RECIPE_7B, import_plugins=False)
+    cfg.launcher = 'pytorch'
+    optimizer = cfg.optim_wrapper.optimizer.to_dict()
+    notes = apply_deepspeed(cfg, 'zero2')
+
+    assert cfg.runner_type == 'FlexibleRunner'
+    assert cfg.strategy.type == 'DeepSpeedStrategy'
+    ds = cfg.strategy.config
+    # batch_size=2 per GPU, accumulative_counts=10, clip_grad max_norm=1.0, bf16 AmpOptimWrapper.
+    assert ds['train_micro_batch_size_per_gpu'] == 2
+    assert ds['gradient_accumulation_steps'] == 10
+    assert ds['gradient_clipping'] == 1.0
+    assert ds['bf16'] == {'enabled': True}
+    assert ds['zero_optimization']['stage'] == 2
+    assert cfg.optim_wrapper.to_dict() == dict(type='DeepSpeedOptimWrapper', optimizer=optimizer)
+    assert 'AmpOptimWrapper -> DeepSpeedOptimWrapper' in '\n'.join(notes)
+
+
+@pytest.mark.parametrize('name,stage,offload', [('zero2', 2, None), ('zero2_offload', 2, 'cpu'),
+                                                ('zero3', 3, None)])
+def test_each_shipped_config_fills_every_auto_value(name, stage, offload):
+    cfg = _train_cfg()
+    apply_deepspeed(cfg, name)
+    ds = cfg.strategy.config
+    assert ds['zero_optimization']['stage'] == stage
+    assert ds['zero_optimization'].get('offload_optimizer', {}).get('device') == offload
+    # Float32 OptimWrapper without clip_grad: no bf16, no clipping, no accumulation.
+    assert (ds['train_micro_batch_size_per_gpu'], ds['gradient_accumulation_steps'],
+            ds['gradient_clipping'], ds['bf16']['enabled']) == (2, 1, 0.0, False)
+    assert 'auto' not in json.dumps(ds)
+
+
+def test_mismatched_batch_settings_stop_with_both_values(tmp_path):
+    cfg = _train_cfg(accumulative_counts=10)
+    path = _json(tmp_path, train_micro_batch_size_per_gpu=4, gradient_accumulation_steps=1,
+                 zero_optimization=dict(stage=2))
+    with pytest.raises(ValueError) as err:
+        apply_deepspeed(cfg, path)
+    message = str(err.value)
+    assert 'train_micro_batch_size_per_gpu=4 but train_dataloader.batch_size=2' in message
+    assert 'gradient_accumulation_steps=1 but optim_wrapper.accumulative_counts=10' in message
+    assert path in message
+    # Nothing was switched.
+    assert 'runner_type' not in cfg and cfg.optim_wrapper.type == 'OptimWrapper'
+
+
+def test_matching_numbers_are_accepted_and_train_batch_size_auto_is_left_to_deepspeed(tmp_path):
+    cfg = _train_cfg(accumulative_counts=3, clip_grad=dict(max_norm=0.5))
+    path = _json(tmp_path, train_micro_batch_size_per_gpu=2, gradient_accumulation_steps=3,
+                 gradient_clipping=0.5, train_batch_size='auto')
+    apply_deepspeed(cfg, path)
+    ds = cfg.strategy.config
+    assert (ds['train_micro_batch_size_per_gpu'], ds['gradient_accumulation_steps'],
+            ds['gradient_clipping']) == (2, 3, 0.5)
+    assert 'train_batch_size' not in ds
+
+
+def test_explicit_precision_and_clipping_must_match_the_config(tmp_path):
+    path = _json(tmp_path, gradient_clipping=1.0, bf16=dict(enabled=True))
+    with pytest.raises(ValueError) as err:
+        apply_deepspeed(_train_cfg(), path)
+    assert 'gradient_clipping=1.0 but optim_wrapper.clip_grad.max_norm' in str(err.value)
+    assert 'bf16.enabled=True but the config trains in fp32' in str(err.value)
+
+
+def test_unfillable_auto_is_named():
+    with pytest.raises(ValueError, match=r"\['zero_optimization.stage'\]"):
+        resolve_deepspeed_config(dict(zero_optimization=dict(stage='auto')), micro_batch_size=1,
+                                 accumulation_steps=1, max_norm=0.0, precision='fp32')
+
+
+@pytest.mark.parametrize('optim_wrapper,match', [
+    (dict(type='AmpOptimWrapper', dtype='float16'), "dtype='float16'"),
+    (dict(type='AmpOptimWrapper'), 'dtype=None'),
+    (dict(clip_grad=dict(type='value', clip_value=1.0)), 'L2 norm'),
+    (dict(type='ApexOptimWrapper'), "'ApexOptimWrapper' cannot be converted"),
+    (dict(cast_model_dtype='bfloat16'), r"\['cast_model_dtype'\] have no DeepSpeed"),
+])
+def test_optimizer_wrappers_deepspeed_cannot_express_are_refused(optim_wrapper, match):
+    with pytest.raises(ValueError, match=match):
+        apply_deepspeed(_train_cfg(**optim_wrapper), 'zero2')
+
+
+def test_plain_checkpoint_as_load_from_is_refused(tmp_path):
+    ckpt = tmp_path / 'iter_2.pth'
+    torch.save(dict(state_dict={}), ckpt)
+    cfg = _train_cfg()
+    cfg.load_from = str(ckpt)
+    with pytest.raises(ValueError, match='only DeepSpeed checkpoint folders'):
+        apply_deepspeed(cfg, 'zero2')
+
+
+def test_unknown_name_lists_the_shipped_configs():
+    with pytest.raises(FileNotFoundError, match=r"'zero4'.*\['zero2', 'zero2_offload', 'zero3'\]"):
+        apply_deepspeed(_train_cfg(), 'zero4')
+
+
+def test_train_without_launcher_exits_pointing_to_dist_train(tmp_path):
+    train = load_tool('train')
+    with pytest.raises(SystemExit) as err:
+        train.main([TOY_DIST, '--work-dir', str(tmp_path), '--deepspeed', 'zero2'])
+    assert 'needs a distributed launcher' in str(err.value)
+    assert 'tools/dist_train.sh CONFIG GPUS --deepspeed zero2' in str(err.value)
+
+
+def test_deepspeed_strategy_registers_only_optimizers_deepspeed_still_has(tmp_path):
+    from mmengine._strategy import deepspeed as mmengine_deepspeed
+    from mmengine.registry import OPTIMIZERS
+    # mmengine 0.10.7 also imports 1-bit Adam, which DeepSpeed 0.19 no longer has.
+    assert mmengine_deepspeed.register_deepspeed_optimizers is \
+        register_available_deepspeed_optimizers
+    names = register_available_deepspeed_optimizers()
+    assert {'DeepSpeedCPUAdam', 'FusedAdam', 'FusedLamb'} <= set(names)
+    assert OPTIMIZERS.get('FusedAdam').__module__.startswith('deepspeed.')
+    strategy = mmengine_deepspeed.DeepSpeedStrategy(
+        config=dict(zero_optimization=dict(stage=2)), work_dir=str(tmp_path))
+    assert strategy.config['zero_optimization'] == dict(stage=2)
+
+
+def test_cpu_preparation_leaves_single_process_configs_alone():
+    cfg = Config(dict(launcher='none', env_cfg=dict(dist_cfg=dict(backend='nccl'))))
+    assert prepare_cpu_distributed(cfg) == []
+    assert 'model_wrapper_cfg' not in cfg
+
+
+# ----------------------------------------------------------- multi-process training on the CPU
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def _env():
+    # CPU only, also on a GPU machine: gloo, DeepSpeed's CPU accelerator, one thread per process.
+    return dict(os.environ, CUDA_VISIBLE_DEVICES='', DS_ACCELERATOR='cpu', OMP_NUM_THREADS='1',
+                PYTHON=sys.executable, PORT=str(_free_port()))
+
+
+def _check(proc):
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-4000:]
+    return proc.stdout + proc.stderr
+
+
+def _train(work_dir, *extra):
+    """One process, tools/train.py."""
+    return _check(subprocess.run(
+        [sys.executable, 'tools/train.py', TOY_DIST, '--work-dir', str(work_dir), *extra],
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300))
+
+
+def _dist_train(nproc, work_dir, *extra):
+    """``nproc`` processes through tools/dist_train.sh (torchrun, --launcher pytorch)."""
+    return _check(subprocess.run(
+        ['bash', 'tools/dist_train.sh', TOY_DIST, str(nproc), '--work-dir', str(work_dir),
+         *extra], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300))
+
+
+def _losses(work_dir, rank):
+    with open(osp.join(work_dir, f'losses_rank{rank}.jsonl')) as f:
+        return [json.loads(line) for line in f]
+
+
+def _mean_rank_losses(work_dir, world_size):
+    per_rank = [_losses(work_dir, rank) for rank in range(world_size)]
+    for records in per_rank:
+        assert [r['iter'] for r in records] == list(range(1, ITERS + 1))
+    return [sum(r[i]['loss'] for r in per_rank) / world_size for i in range(ITERS)], per_rank
+
+
+def _assert_close_weights(state, reference):
+    assert state.keys() == reference.keys()
+    for key, value in reference.items():
+        torch.testing.assert_close(state[key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+@pytest.fixture(scope='module')
+def single_process(tmp_path_factory):
+    """The reference: one process with the global batch of two processes (2 x 4)."""
+    work_dir = tmp_path_factory.mktemp('single')
+    _train(work_dir, '--cfg-options', 'train_dataloader.batch_size=8')
+    losses = [r['loss'] for r in _losses(work_dir, 0)]
+    assert len(losses) == ITERS and len(set(losses)) == ITERS  # it trains
+    weights = {it: load_checkpoint_safely(str(work_dir / f'iter_{it}.pth'))['state_dict']
+               for it in (2, ITERS)}
+    return losses, weights, work_dir
+
+
+def test_ddp_on_two_gloo_processes_matches_one_process(tmp_path, single_process):
+    ref_losses, ref_weights, _ = single_process
+    work_dir = tmp_path / 'ddp'
+    _dist_train(2, work_dir)
+
+    mean, per_rank = _mean_rank_losses(work_dir, 2)
+    # Each rank saw different samples; together they saw the reference's batch.
+    assert all(abs(a['loss'] - b['loss']) > 1e-3 for a, b in zip(*per_rank))
+    torch.testing.assert_close(mean, ref_losses, rtol=1e-5, atol=1e-7)
+    ckpt = load_checkpoint_safely(str(work_dir / f'iter_{ITERS}.pth'))
+    _assert_close_weights(ckpt['state_dict'], ref_weights[ITERS])
+
+
+def _deepspeed_module(work_dir, it):
+    """The model weights of a DeepSpeed checkpoint folder ``iter_<it>.pth/``."""
+    folder = work_dir / f'iter_{it}.pth'
+    assert folder.is_dir(), sorted(os.listdir(work_dir))
+    # ZeRO partitions the optimizer state: one shard per rank.
+    shards = sorted(p.name for p in folder.glob('*optim_states.pt'))
+    assert shards == ['zero_pp_rank_0_mp_rank_00_optim_states.pt',
+                      'zero_pp_rank_1_mp_rank_00_optim_states.pt']
+    states = torch.load(folder / 'mp_rank_00_model_states.pt', map_location='cpu',
+                        weights_only=False)
+    return states['module']
+
+
+def test_deepspeed_zero2_on_two_gloo_processes_trains_and_resumes_like_one_process(
+        tmp_path, single_process):
+    ref_losses, ref_weights, _ = single_process
+    work_dir = tmp_path / 'zero2'
+    # Stops after iteration 2 (its checkpoint), then resumes from last_checkpoint to ITERS.
+    _dist_train(2, work_dir, '--deepspeed', 'zero2', '--cfg-options', 'train_cfg.max_iters=2')
+    _assert_close_weights(_deepspeed_module(work_dir, 2), ref_weights[2])
+    _dist_train(2, work_dir, '--deepspeed', 'zero2', '--resume')
+
+    # The resumed run trained iterations 3 and 4 only, continuing the losses of one process.
+    mean, _ = _mean_rank_losses(work_dir, 2)
+    torch.testing.assert_close(mean, ref_losses, rtol=1e-5, atol=1e-7)
+    # AdamW moments and the LR schedule came back: iteration 4 equals the unbroken reference.
+    _assert_close_weights(_deepspeed_module(work_dir, ITERS), ref_weights[ITERS])
+    with open(work_dir / 'last_checkpoint') as f:
+        assert f.read() == str(work_dir / f'iter_{ITERS}.pth')
+
+
+def test_dist_test_on_two_gloo_processes_scores_every_sample_once(tmp_path, single_process):
+    _, ref_weights, single_dir = single_process
+    out_json = tmp_path / 'metrics.json'
+    # Noise-free test data, so the expected error can be computed here.
+    _check(subprocess.run(
+        ['bash', 'tools/dist_test.sh', TOY_DIST, str(single_dir / f'iter_{ITERS}.pth'), '2',
+         '--work-dir', str(tmp_path / 'test'), '--out', str(out_json), '--cfg-options',
+         'test_dataloader.dataset.noise=0.0'],
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300))
+    metrics = json.loads(out_json.read_text())
+
+    if TOY not in sys.path:  # the toy plugins, found by tools/train.py next to the config
+        sys.path.insert(0, TOY)
+    from pixellm_dist_toy import SeededEngineToyModel
+    from pixellm_engine_toy import EngineToyDataset
+    model = SeededEngineToyModel(dropout=0.0).eval()
+    model.load_state_dict(ref_weights[ITERS])
+    data = EngineToyDataset(length=8, noise=0.0)
+    with torch.no_grad():
+        pred = model(list(data.x))
+    # Each rank scored 4 of the 8 samples; rank 0 reports all 8.
+    assert metrics['count'] == 8
+    assert metrics['mse'] == pytest.approx(float(((pred - data.y) ** 2).mean()), rel=1e-5)
+
+
+@pytest.mark.parametrize('name', ['zero3', 'zero2_offload'])
+def test_other_deepspeed_configs_on_two_gloo_processes_follow_one_process(
+        tmp_path, single_process, name):
+    ref_losses, _, _ = single_process
+    work_dir = tmp_path / name
+    _dist_train(2, work_dir, '--deepspeed', name)
+    mean, _ = _mean_rank_losses(work_dir, 2)
+    # Every loss after the first is computed with weights the partitioned update produced.
+    torch.testing.assert_close(mean, ref_losses, rtol=1e-5, atol=1e-7)
+    folder = work_dir / f'iter_{ITERS}.pth'
+    # ZeRO-3 partitions the weights as well: one model-state shard per rank.
+    model_states = sorted(p.name for p in folder.glob('*model_states.pt'))
+    assert model_states == (
+        ['zero_pp_rank_0_mp_rank_00_model_states.pt', 'zero_pp_rank_1_mp_rank_00_model_states.pt']
+        if name == 'zero3' else ['mp_rank_00_model_states.pt'])
