@@ -51,9 +51,14 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     exported = osp.isfile(osp.join(args.checkpoint, EXPORT_CONFIG_FILE))
     if not exported and not osp.isfile(args.checkpoint):
-        hint = (f' (a folder needs {EXPORT_CONFIG_FILE}: pass a .pth checkpoint or a folder '
-                'written by tools/model_converters/export_hf.py)'
-                if osp.isdir(args.checkpoint) else '')
+        hint = ''
+        if osp.isdir(args.checkpoint):
+            if any(name.endswith('model_states.pt') for name in os.listdir(args.checkpoint)):
+                hint = (' as a checkpoint file: it is a DeepSpeed checkpoint folder; turn it into '
+                        'a .pth with tools/model_converters/deepspeed_to_pth.py')
+            else:
+                hint = (f' (a folder needs {EXPORT_CONFIG_FILE}: pass a .pth checkpoint or a '
+                        'folder written by tools/model_converters/export_hf.py)')
         raise SystemExit(f'tools/test.py: checkpoint {args.checkpoint!r} does not exist{hint}.')
     cfg = load_tool_config(args)
     if exported:
