@@ -8,6 +8,7 @@ import argparse
 import os.path as osp
 import sys
 
+import torch
 from mmengine.logging import print_log
 
 # Run from a checkout without installing: the repository root holds the pixellm package.
@@ -76,6 +77,11 @@ def main(argv=None) -> None:
     for note in notes:
         print_log(f'tools/train.py: {note}', logger='current')
     runner.train()
+    # Tear the process group down before the interpreter exits: left to exit-time destructors,
+    # gloo's and DeepSpeed's communication threads can abort the process (SIGABRT) after a
+    # finished run.
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == '__main__':
