@@ -10,15 +10,16 @@ from .checkpoint import (AtomicLocalBackend, UntrustedCheckpointError, allow_che
                          mmengine_checkpoint_globals, save_checkpoint_atomic, set_checkpoint_trust,
                          trusted_checkpoints)
 from .deepspeed_compat import register_available_deepspeed_optimizers
-from .hooks import (AtomicCheckpointHook, MaskOverlayHook, RNGStateHook, capture_rng_state,
-                    render_mask_overlay, restore_rng_state)
+from .hooks import (AtomicCheckpointHook, MaskOverlayHook, PixelLMVisualizationHook, RNGStateHook,
+                    capture_rng_state, render_mask_overlay, restore_rng_state)
 from .runner_utils import (add_common_arguments, apply_amp, apply_deepspeed, apply_resume,
                            apply_seed, apply_work_dir, build_runner, check_data_or_exit,
                            enable_resume_safety, format_metrics, load_tool_config,
                            prepare_cpu_distributed, set_show_dir)
 
 __all__ = [
-    'AtomicCheckpointHook', 'AtomicLocalBackend', 'MaskOverlayHook', 'RNGStateHook',
+    'AtomicCheckpointHook', 'AtomicLocalBackend', 'MaskOverlayHook', 'PixelLMVisualizationHook',
+    'RNGStateHook',
     'UntrustedCheckpointError', 'add_common_arguments', 'allow_checkpoint_globals', 'apply_amp',
     'apply_deepspeed', 'apply_resume', 'apply_seed', 'apply_work_dir', 'atomic_write_bytes',
     'atomic_write_text', 'build_runner', 'capture_rng_state', 'check_data_or_exit',

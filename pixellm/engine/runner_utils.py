@@ -267,6 +267,35 @@ def check_data_or_exit(cfg: Config, dataloaders: Sequence[str], tool: str) -> No
         raise SystemExit(f'{tool}: {err}') from err
 
 
+def drop_unavailable_vis_backends(cfg: Config) -> List[str]:
+    """Remove a ``TensorboardVisBackend`` from ``cfg.visualizer`` when TensorBoard is missing.
+
+    The recipes log to local files and to TensorBoard; mmengine's backend fails at its first write
+    without the ``tensorboard`` package, so without it the images and scalars go to the local
+    files only, and a note says so.
+
+    Args:
+        cfg (Config): The full config, edited in place.
+
+    Returns:
+        list[str]: Notes for the log (empty when nothing was removed).
+    """
+    import importlib.util
+    visualizer = cfg.get('visualizer')
+    if not isinstance(visualizer, dict) or not visualizer.get('vis_backends'):
+        return []
+    if importlib.util.find_spec('tensorboard') is not None:
+        return []
+    backends = list(visualizer['vis_backends'])
+    kept = [b for b in backends
+            if not (isinstance(b, dict) and type_name(b.get('type')) == 'TensorboardVisBackend')]
+    if len(kept) == len(backends):
+        return []
+    visualizer['vis_backends'] = kept
+    return ['TensorBoard is not installed (pip install tensorboard): TensorboardVisBackend is '
+            'left out; images and scalars go to the local vis_data folder only']
+
+
 def build_runner(cfg: Config) -> Runner:
     """``Runner.from_cfg``, or the runner class named by ``cfg.runner_type``.
 
@@ -279,7 +308,7 @@ def build_runner(cfg: Config) -> Runner:
     Returns:
         Runner: The runner.
     """
-    for note in prepare_cpu_distributed(cfg):
+    for note in prepare_cpu_distributed(cfg) + drop_unavailable_vis_backends(cfg):
         print_log(f'build_runner: {note}', logger='current')
     if 'runner_type' not in cfg:
         return Runner.from_cfg(cfg)

@@ -64,7 +64,7 @@ _TOKENIZER_KEYS = ('use_im_start_end', 'model_max_length', 'padding_side')
 # LLM options that describe where the weights came from or how they were adapted; the exported
 # folder replaces all of them.
 _LLM_SOURCE_KEYS = ('pretrained', 'llm_config', 'lora', 'torch_dtype', 'base_vocab_size',
-                    'init_cfg')
+                    'quantization', 'init_cfg')
 
 
 class CheckpointMismatchError(ValueError):
@@ -156,8 +156,7 @@ def load_training_checkpoint(model: nn.Module, checkpoint: str,
                          'alone or under "state_dict")')
     state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
     check_state_dict(model.state_dict(), state, f'Checkpoint {checkpoint!r}',
-                     hint='Export a checkpoint with the config (and --cfg-options) it was trained '
-                     'with.')
+                     hint='Use the config (and --cfg-options) the checkpoint was trained with.')
     model.load_state_dict(state, strict=True)
     meta = loaded.get('meta') if isinstance(loaded, dict) else None
     return dict(meta) if isinstance(meta, dict) else {}

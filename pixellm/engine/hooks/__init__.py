@@ -1,9 +1,11 @@
-"""Hooks of pixellm: crash-safe checkpoints, exact resume and prediction overlays."""
+"""Hooks of pixellm: crash-safe checkpoints, exact resume and prediction overlays
+(test and validation)."""
 from .atomic_checkpoint_hook import AtomicCheckpointHook
 from .mask_overlay_hook import MaskOverlayHook, mask_colors, render_mask_overlay
 from .rng_state_hook import RNGStateHook, capture_rng_state, restore_rng_state
+from .visualization_hook import PixelLMVisualizationHook
 
 __all__ = [
-    'AtomicCheckpointHook', 'MaskOverlayHook', 'RNGStateHook', 'capture_rng_state',
-    'mask_colors', 'render_mask_overlay', 'restore_rng_state'
+    'AtomicCheckpointHook', 'MaskOverlayHook', 'PixelLMVisualizationHook', 'RNGStateHook',
+    'capture_rng_state', 'mask_colors', 'render_mask_overlay', 'restore_rng_state'
 ]

@@ -1,114 +1,34 @@
 """Test predictions as PNGs: each predicted mask tinted on the image, question and answer below."""
-import colorsys
 import os
 import os.path as osp
 from collections import defaultdict
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 import torch
 from mmengine.dist import get_rank, get_world_size
 from mmengine.hooks import Hook
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from pixellm.registry import HOOKS
+from pixellm.visualization import mask_colors, render_mask_overlay, render_prediction
 
-Color = Tuple[int, int, int]
-
-
-def mask_colors(num: int) -> List[Color]:
-    """``num`` distinct, saturated RGB colours (golden-ratio hue steps, reproducible).
-
-    Args:
-        num (int): Number of colours.
-
-    Returns:
-        list[tuple[int, int, int]]: RGB colours in 0-255.
-    """
-    colors = []
-    for i in range(num):
-        hue = (i * 0.618033988749895) % 1.0
-        r, g, b = colorsys.hsv_to_rgb(hue, 0.9, 1.0)
-        colors.append((round(r * 255), round(g * 255), round(b * 255)))
-    return colors
+__all__ = ['MaskOverlayHook', 'mask_colors', 'render_mask_overlay']
 
 
-def _wrap(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int) -> List[str]:
-    """Split ``text`` into lines no wider than ``width`` pixels (long words are cut)."""
-    lines: List[str] = []
-    for paragraph in text.splitlines() or ['']:
-        words = paragraph.split(' ')
-        line = ''
-        for word in words:
-            candidate = word if not line else f'{line} {word}'
-            if draw.textlength(candidate, font=font) <= width:
-                line = candidate
-                continue
-            if line:
-                lines.append(line)
-            # A single word wider than the image is cut into pieces that fit.
-            while draw.textlength(word, font=font) > width and len(word) > 1:
-                cut = max(1, len(word) * width // max(1, int(draw.textlength(word, font=font))))
-                lines.append(word[:cut])
-                word = word[cut:]
-            line = word
-        lines.append(line)
-    return lines
-
-
-def render_mask_overlay(image: Image.Image, masks: np.ndarray, question: str, answer: str,
-                        alpha: float = 0.5) -> Image.Image:
-    """The image with mask ``i`` blended in colour ``mask_colors(N)[i]``, text in a band below.
-
-    Args:
-        image (PIL.Image.Image): The original image.
-        masks (np.ndarray): ``(N, H, W)`` bool masks at the image's resolution.
-        question (str): The question, written as ``Q: ...``.
-        answer (str): The predicted answer, written as ``A: ...``.
-        alpha (float): Weight of the mask colour. Defaults to 0.5.
-
-    Returns:
-        PIL.Image.Image: RGB image of width W and height H plus the text band.
-    """
-    rgb = np.asarray(image.convert('RGB')).astype(np.float32)
-    colors = mask_colors(len(masks))
-    for mask, color in zip(masks, colors):
-        rgb[mask] = rgb[mask] * (1 - alpha) + np.asarray(color, np.float32) * alpha
-    overlay = Image.fromarray(np.round(rgb).clip(0, 255).astype(np.uint8))
-
-    font = ImageFont.load_default()
-    width = overlay.width
-    measure = ImageDraw.Draw(overlay)
-    margin = 4
-    lines = _wrap(measure, f'Q: {question}', font, width - 2 * margin)
-    lines += _wrap(measure, f'A: {answer}', font, width - 2 * margin)
-    left, top, right, bottom = measure.textbbox((0, 0), 'Ag', font=font)
-    line_height = bottom - top + 2
-    legend_height = line_height if len(masks) else 0
-    band = margin * 2 + line_height * len(lines) + legend_height
-
-    canvas = Image.new('RGB', (width, overlay.height + band), (255, 255, 255))
-    canvas.paste(overlay, (0, 0))
-    draw = ImageDraw.Draw(canvas)
-    y = overlay.height + margin
-    for line in lines:
-        draw.text((margin, y), line, fill=(0, 0, 0), font=font)
-        y += line_height
-    # A colour swatch per target, in answer order, so the text's targets can be matched to masks.
-    x = margin
-    for index, color in enumerate(colors):
-        label = str(index + 1)
-        swatch = line_height - 2
-        draw.rectangle([x, y, x + swatch, y + swatch], fill=color)
-        x += swatch + 2
-        draw.text((x, y), label, fill=(0, 0, 0), font=font)
-        x += int(draw.textlength(label, font=font)) + margin
-    return canvas
+def codebook_tokens_of(runner) -> tuple:
+    """The codebook token strings of the runner's model (unwrapped), or ``()`` if it has none."""
+    model = getattr(runner.model, 'module', runner.model)
+    codebook = getattr(model, 'codebook', None)
+    return tuple(getattr(codebook, 'tokens', ()))
 
 
 @HOOKS.register_module()
 class MaskOverlayHook(Hook):
     """Save a PNG per test sample: predicted target masks over the image, question and answer.
+
+    The answer is drawn as :func:`pixellm.apis.inference` and ``tools/chat.py`` draw it: each
+    target's codebook tokens become ``[k]`` and the legend names the words before them.
 
     Each output of ``test_step`` (a ``PixelLMDataSample``) must carry the metainfo ``img_path``,
     ``question`` and ``pred_text`` and ``pred_instances.masks`` of shape ``(N, H, W)`` at the
@@ -138,6 +58,7 @@ class MaskOverlayHook(Hook):
         self.alpha = alpha
         self.num_written = 0
         self._question_counts: Dict[str, int] = defaultdict(int)
+        self.codebook_tokens: tuple = ()
 
     def before_test(self, runner) -> None:
         """Resolve the output directory and reset the counters.
@@ -150,6 +71,7 @@ class MaskOverlayHook(Hook):
         os.makedirs(self.out_dir, exist_ok=True)
         self.num_written = 0
         self._question_counts = defaultdict(int)
+        self.codebook_tokens = codebook_tokens_of(runner)
 
     def after_test_iter(self, runner, batch_idx: int, data_batch: Any = None,
                         outputs: Optional[Sequence] = None) -> None:
@@ -210,8 +132,8 @@ class MaskOverlayHook(Hook):
             if get_world_size() > 1:
                 name += f'_rank{get_rank()}'
         out_path = osp.join(self.out_dir, f'{name}.png')
-        render_mask_overlay(image, masks, str(meta['question']), str(meta['pred_text']),
-                            alpha=self.alpha).save(out_path)
+        render_prediction(image, masks, str(meta['question']), str(meta['pred_text']),
+                          self.codebook_tokens, alpha=self.alpha).save(out_path)
         self.num_written += 1
         return out_path
 

@@ -1,6 +1,7 @@
 """A transformers causal LM (LLaMA family) as PixelLM's language backbone, with LoRA and new token rows."""
+import importlib.util
 import inspect
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from mmengine.logging import print_log
@@ -22,6 +23,51 @@ def _resolve_dtype(dtype):
     if dtype == 'auto':
         return 'auto'
     return getattr(torch, dtype)
+
+
+QUANTIZATIONS = ('8bit', '4bit')
+
+
+def bitsandbytes_load_kwargs(quantization: Optional[str], pretrained: Optional[str],
+                             dtype: Any) -> Dict:
+    """``from_pretrained`` kwargs that load an LLM in 8 or 4 bits, after checking it can be done.
+
+    Args:
+        quantization (str, optional): None, ``'8bit'`` or ``'4bit'``.
+        pretrained (str, optional): The checkpoint; quantised loading needs one.
+        dtype: The compute dtype for 4-bit layers (bfloat16 when None).
+
+    Returns:
+        dict: ``{}`` for None, else ``quantization_config`` and ``device_map``.
+
+    Raises:
+        ValueError: Unknown ``quantization``, or no ``pretrained`` checkpoint to quantise.
+        RuntimeError: bitsandbytes is not installed or there is no CUDA device.
+    """
+    if quantization is None:
+        return {}
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f'quantization must be one of {QUANTIZATIONS} or None, got '
+                         f'{quantization!r}')
+    if pretrained is None:
+        raise ValueError(f'{quantization} loading quantises pretrained weights as they load; '
+                         'this LLM is built from llm_config with random weights. Export the '
+                         'model (tools/model_converters/export_hf.py) and load the folder')
+    if importlib.util.find_spec('bitsandbytes') is None:
+        raise RuntimeError(f'{quantization} loading needs bitsandbytes: pip install '
+                           'bitsandbytes')
+    if not torch.cuda.is_available():
+        raise RuntimeError(f'{quantization} loading with bitsandbytes needs a CUDA device; '
+                           'none is available')
+    from transformers import BitsAndBytesConfig
+    if quantization == '8bit':
+        config = BitsAndBytesConfig(load_in_8bit=True)
+    else:
+        compute = dtype if isinstance(dtype, torch.dtype) else torch.bfloat16
+        config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type='nf4',
+                                    bnb_4bit_use_double_quant=True,
+                                    bnb_4bit_compute_dtype=compute)
+    return dict(quantization_config=config, device_map={'': torch.cuda.current_device()})
 
 
 def _check_loading_info(pretrained: str, class_name: str, info: Dict) -> None:
@@ -88,6 +134,10 @@ class HFCausalLM(BaseModule):
             :meth:`fold_added_rows` wrote into the tables of an exported folder) become the
             trainable added rows again, as if :meth:`add_token_rows` had made them. None (the
             default) keeps every row as a base row.
+        quantization (str, optional): ``'8bit'`` or ``'4bit'`` loads the ``pretrained`` weights
+            with bitsandbytes (LLM.int8 / NF4) on the current CUDA device, for inference, as
+            the seed's chat ``--load_in_8bit/--load_in_4bit``. Needs bitsandbytes, CUDA and
+            ``pretrained``; the added token rows stay unquantised. Defaults to None.
         init_cfg (dict, optional): mmengine init config.
     """
 
@@ -100,10 +150,12 @@ class HFCausalLM(BaseModule):
                  lora: Optional[Dict] = None,
                  freeze: bool = True,
                  base_vocab_size: Optional[int] = None,
+                 quantization: Optional[str] = None,
                  init_cfg: Optional[Dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
         import transformers
         dtype = _resolve_dtype(torch_dtype)
+        load_kwargs = bitsandbytes_load_kwargs(quantization, pretrained, dtype)
         cfg = dict(llm_config or {})
         model_type = cfg.pop('model_type', 'llama')
         if model_type not in _ARCHITECTURES:
@@ -117,7 +169,7 @@ class HFCausalLM(BaseModule):
             config = config_cls.from_pretrained(pretrained)
             model, info = model_cls.from_pretrained(pretrained, config=config, dtype=dtype,
                                                     attn_implementation=attn_implementation,
-                                                    output_loading_info=True)
+                                                    output_loading_info=True, **load_kwargs)
             _check_loading_info(pretrained, model_cls.__name__, info)
         elif llm_config is not None:
             config = config_cls(**cfg)

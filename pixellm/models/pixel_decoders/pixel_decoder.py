@@ -173,9 +173,15 @@ class PixelDecoder(BaseModule):
         bn = self.state_norm
         # Batch statistics need two targets; a lone target in training uses the running ones.
         use_batch = self.training and n > 1
-        out = F.batch_norm(flat, bn.running_mean, bn.running_var, None, None,
-                           training=use_batch, momentum=bn.momentum, eps=bn.eps)
+        # Statistics are kept and applied in float32, also in a bf16/fp16 model (the CPU kernel
+        # refuses half-precision statistics with float32 input).
+        mean, var = bn.running_mean.float(), bn.running_var.float()
+        out = F.batch_norm(flat, mean, var, None, None, training=use_batch,
+                           momentum=bn.momentum, eps=bn.eps)
         if use_batch:
+            if mean.data_ptr() != bn.running_mean.data_ptr():
+                bn.running_mean.copy_(mean)
+                bn.running_var.copy_(var)
             bn.num_batches_tracked += 1
         return out.to(x.dtype).reshape(x.shape)
 
