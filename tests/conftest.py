@@ -83,7 +83,7 @@ def load_tool(name):
 
 @contextlib.contextmanager
 def captured_log_records():
-    """Collect the ``logging.LogRecord``\ s of mmengine's current logger inside the block."""
+    r"""Collect the ``logging.LogRecord``\ s of mmengine's current logger inside the block."""
     from mmengine.logging import MMLogger
     logger = MMLogger.get_current_instance()
     records = []
@@ -94,3 +94,33 @@ def captured_log_records():
         yield records
     finally:
         logger.removeHandler(handler)
+
+
+DEMO_CONFIG = 'configs/pixellm/pixellm_tiny_demo.py'
+
+
+@pytest.fixture(scope='session')
+def trained_tiny(tmp_path_factory):
+    """A small generated MUSE-format dataset and the tiny PixelLM trained on it for 150
+    iterations by ``tools/train.py`` (about 40 s on 2 cores): enough to write targets in its
+    answers. Returns ``dict(config, checkpoint, data_root, cfg_options)``, where ``cfg_options``
+    point the config's dataloaders at the data (single process, batch 1 for testing).
+    """
+    import subprocess
+
+    from pixellm.datasets.synthetic import generate_muse_scenes
+    root = tmp_path_factory.mktemp('trained_tiny')
+    data_root = str(root / 'data')
+    generate_muse_scenes(data_root, num_train=160, num_val=6, seed=5, max_size=192)
+    cfg_options = [f'train_dataloader.dataset.data_root={data_root}',
+                   f'test_dataloader.dataset.data_root={data_root}',
+                   'train_dataloader.num_workers=0', 'train_dataloader.persistent_workers=False',
+                   'test_dataloader.num_workers=0', 'test_dataloader.batch_size=1']
+    work = root / 'work'
+    proc = subprocess.run(
+        [sys.executable, 'tools/train.py', DEMO_CONFIG, '--work-dir', str(work), '--cfg-options',
+         *cfg_options, 'train_cfg.max_iters=150', 'default_hooks.checkpoint.interval=150'],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return dict(config=DEMO_CONFIG, checkpoint=str(work / 'iter_150.pth'), data_root=data_root,
+                cfg_options=cfg_options)

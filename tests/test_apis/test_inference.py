@@ -1,0 +1,141 @@
+"""pixellm.apis: the prediction of tools/test.py, multi-turn prompts, saved files, bad input."""
+import json
+import os.path as osp
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from pixellm.apis import InferenceInputError, build_conversation, inference, init_model
+from pixellm.datasets.chat_templates import encode_prompt
+from pixellm.datasets.transforms.conversation import LONG_QUESTION_TEMPLATES
+from pixellm.models.export import CheckpointMismatchError
+from pixellm.visualization import render_prediction
+
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+
+@pytest.fixture(scope='module')
+def model(trained_tiny):
+    return init_model(trained_tiny['config'], trained_tiny['checkpoint'])
+
+
+def val_questions(data_root):
+    records = json.load(open(osp.join(data_root, 'muse_val.json')))
+    for record in records:
+        path = osp.join(data_root, 'images', record['file_name'])
+        for index, question in enumerate(record['questions']):
+            yield path, index, question
+
+
+def test_inference_gives_the_prediction_of_tools_test(trained_tiny, model, tmp_path):
+    show = tmp_path / 'show'
+    proc = subprocess.run(
+        [sys.executable, 'tools/test.py', trained_tiny['config'], trained_tiny['checkpoint'],
+         '--work-dir', str(tmp_path / 'work'), '--show-dir', str(show), '--cfg-options',
+         *trained_tiny['cfg_options']], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    compared = targets = 0
+    for path, index, question in val_questions(trained_tiny['data_root']):
+        # The test pipeline asks with the first official question template.
+        asked = LONG_QUESTION_TEMPLATES[0].format(sent=question)
+        result = inference(model, path, asked)
+        stem = osp.splitext(osp.basename(path))[0]
+        written = np.asarray(Image.open(show / f'{stem}_q{index}.png').convert('RGB'))
+        # Same renderer, same question text: equal pixels mean equal masks and answer text.
+        ours = np.asarray(render_prediction(Image.open(path), result.masks, question,
+                                            result.raw_text, model.codebook.tokens))
+        assert ours.shape == written.shape, (path, index)
+        assert np.array_equal(ours, written), (path, index, result.text)
+        assert result.text.count('[') == result.num_targets
+        compared += 1
+        targets += result.num_targets
+    assert compared == 15
+    assert targets > 0  # the trained model does write targets, so masks were compared
+
+
+def test_multi_turn_prompt_holds_the_history(model):
+    first = build_conversation('What is red?')
+    assert first == [dict(role='user', content='<image>\nWhat is red?')]
+    turns = build_conversation('And the blue one?', history=[('What is red?', 'It is x.')])
+    assert [t['role'] for t in turns] == ['user', 'assistant', 'user']
+    assert turns[0]['content'].startswith('<image>\n') and '<image>' not in turns[2]['content']
+    ids = encode_prompt(turns, model.tokenizer, 'vicuna_v1')
+    text = model.tokenizer.decode(ids[ids >= 0])
+    assert text.index('What is red?') < text.index('It is x.') < text.index('And the blue one?')
+
+
+def test_saved_masks_and_rle_equal_the_prediction(trained_tiny, model, tmp_path):
+    results = [inference(model, path, q) for path, _, q in val_questions(trained_tiny['data_root'])]
+    result = max(results, key=lambda r: r.num_targets)
+    assert result.num_targets >= 1
+    files = result.save(str(tmp_path), stem='x', save_rle=True)
+    assert len(files['masks']) == result.num_targets
+    height, width = result.image.shape[:2]
+    for k, path in enumerate(files['masks']):
+        png = np.asarray(Image.open(path))
+        assert np.array_equal(png == 255, result.masks[k])
+    dump = json.load(open(files['rle']))
+    assert [t['index'] for t in dump['targets']] == list(range(1, result.num_targets + 1))
+    for k, target in enumerate(dump['targets']):
+        rle = dict(target['segmentation'], counts=target['segmentation']['counts'].encode())
+        assert np.array_equal(mask_utils.decode(rle).astype(bool), result.masks[k])
+    overlay = Image.open(files['overlay'])
+    assert overlay.width == width and overlay.height > height
+
+
+def test_array_and_file_inputs_agree(trained_tiny, model):
+    path, _, question = next(val_questions(trained_tiny['data_root']))
+    from_file = inference(model, path, question)
+    from_array = inference(model, np.asarray(Image.open(path).convert('RGB')), question)
+    assert from_file.raw_text == from_array.raw_text
+    assert np.array_equal(from_file.masks, from_array.masks)
+
+
+@pytest.mark.parametrize('precision', ['bf16', 'fp16'])
+def test_half_precision_predicts_masks_at_image_size(trained_tiny, precision):
+    half = init_model(trained_tiny['config'], trained_tiny['checkpoint'], precision=precision)
+    assert next(half.llm.parameters()).dtype == {'bf16': torch.bfloat16,
+                                                 'fp16': torch.float16}[precision]
+    path, _, question = next(val_questions(trained_tiny['data_root']))
+    result = inference(half, path, question)
+    assert result.masks.shape[1:] == result.image.shape[:2]
+    assert result.text.count('[') == result.num_targets
+
+
+def test_bad_inputs_raise_one_clear_error(model, tmp_path):
+    not_image = tmp_path / 'notes.png'
+    not_image.write_text('hello')
+    with pytest.raises(InferenceInputError, match='does not exist') as err:
+        inference(model, str(tmp_path / 'missing.png'), 'What is it?')
+    assert err.value.field == 'image'
+    with pytest.raises(InferenceInputError, match='is not an image'):
+        inference(model, str(not_image), 'What is it?')
+    with pytest.raises(InferenceInputError, match='question is empty') as err:
+        inference(model, np.zeros((8, 8, 3), np.uint8), '   ')
+    assert err.value.field == 'question'
+    with pytest.raises(InferenceInputError, match=r'\(H, W, 3\)'):
+        inference(model, np.zeros((8, 8, 5), np.uint8), 'What is it?')
+
+
+def test_checkpoint_of_another_model_is_refused_with_its_keys(trained_tiny):
+    with pytest.raises(CheckpointMismatchError, match='state_norm'):
+        init_model(trained_tiny['config'], trained_tiny['checkpoint'],
+                   cfg_options={'model.pixel_decoder.state_norm': None})
+    with pytest.raises(FileNotFoundError, match='export_hf.py'):
+        init_model(trained_tiny['config'], 'nowhere.pth')
+
+
+def test_4bit_and_8bit_loading_need_an_exported_folder(trained_tiny):
+    with pytest.raises(ValueError, match='export_hf.py'):
+        init_model(trained_tiny['config'], trained_tiny['checkpoint'], quantization='8bit')
+    from pixellm.models.llms.causal_lm import bitsandbytes_load_kwargs
+    assert bitsandbytes_load_kwargs(None, None, None) == {}
+    with pytest.raises(ValueError, match="'8bit', '4bit'"):
+        bitsandbytes_load_kwargs('3bit', 'some/llm', None)
+    with pytest.raises(ValueError, match='random weights'):
+        bitsandbytes_load_kwargs('4bit', None, None)
