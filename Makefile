@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo clean
+.PHONY: install test demo test-web web-demo chromium clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,11 @@ $(STAMP): $(PY) setup.py requirements/runtime.txt requirements/tests.txt
 
 install: $(STAMP)
 
+WEB_STAMP := $(VENV)/.installed-web
+$(WEB_STAMP): $(STAMP) requirements/web.txt
+	$(PY) -m pip install -q -e '.[tests,web]'
+	touch $(WEB_STAMP)
+
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
@@ -23,6 +28,23 @@ test: $(STAMP)
 # write overlays and print gIoU/cIoU next to the trivial predictors (tools/misc/run_demo.py).
 demo: $(STAMP)
 	$(PY) tools/misc/run_demo.py
+
+# The browser test of the web demo: installs the `web` extra (Gradio, Playwright's Python driver)
+# and Debian's chromium (no browser download), then runs the tests marked `web`.
+test-web: $(WEB_STAMP) chromium
+	$(PY) -m pytest -q -m web tests/test_web
+
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; fi; }
+
+# The web demo on http://127.0.0.1:7860 with the checkpoint `make demo` trained.
+web-demo: $(WEB_STAMP)
+	@test -f work_dirs/pixellm_tiny_demo/last_checkpoint || { \
+	  echo 'no demo checkpoint: run make demo first'; exit 1; }
+	$(PY) demo/app.py configs/pixellm/pixellm_tiny_demo.py \
+	  "$$(cat work_dirs/pixellm_tiny_demo/last_checkpoint)"
 
 clean:
 	rm -rf $(VENV) build *.egg-info

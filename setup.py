@@ -29,5 +29,5 @@ setup(
     package_data={'pixellm': ['models/tokenizers/assets/*.json', 'datasets/metainfo/*']},
     python_requires='>=3.9',
     install_requires=read_requirements('runtime.txt'),
-    extras_require={'tests': read_requirements('tests.txt')},
+    extras_require={'tests': read_requirements('tests.txt'), 'web': read_requirements('web.txt')},
 )

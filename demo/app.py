@@ -112,8 +112,9 @@ def build_demo(model, examples: List[Tuple[str, str]], max_new_tokens: Optional[
             with gr.Column():
                 text = gr.Textbox(label='Answer', elem_id='answer', interactive=False)
                 targets = gr.Textbox(label='Targets', elem_id='targets', interactive=False)
+                # PNG: Gradio's default (webp) is lossy and would blur the mask colours.
                 overlay = gr.Image(label='Masks', type='numpy', elem_id='overlay',
-                                   interactive=False)
+                                   interactive=False, format='png')
         if examples:
             gr.Examples(examples=[list(e) for e in examples], inputs=[image, question])
         ask.click(answer, inputs=[image, question], outputs=[text, targets, overlay])
