@@ -18,7 +18,8 @@ __all__ = ['MaskOverlayHook', 'mask_colors', 'render_mask_overlay']
 
 def codebook_tokens_of(runner) -> tuple:
     """The codebook token strings of the runner's model (unwrapped), or ``()`` if it has none."""
-    model = getattr(runner.model, 'module', runner.model)
+    model = getattr(runner, 'model', None)
+    model = getattr(model, 'module', model)
     codebook = getattr(model, 'codebook', None)
     return tuple(getattr(codebook, 'tokens', ()))
 

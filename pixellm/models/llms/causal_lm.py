@@ -1,7 +1,7 @@
 """A transformers causal LM (LLaMA family) as PixelLM's language backbone, with LoRA and new token rows."""
 import importlib.util
 import inspect
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
 import torch
 from mmengine.logging import print_log
