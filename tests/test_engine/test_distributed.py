@@ -3,6 +3,7 @@
 import json
 import os
 import os.path as osp
+import re
 import shutil
 import socket
 import subprocess
@@ -331,3 +332,43 @@ def test_other_deepspeed_configs_on_two_gloo_processes_follow_one_process(
     assert model_states == (
         ['zero_pp_rank_0_mp_rank_00_model_states.pt', 'zero_pp_rank_1_mp_rank_00_model_states.pt']
         if name == 'zero3' else ['mp_rank_00_model_states.pt'])
+
+
+# ------------------------------------------- generation in step with sharded weights (ZeRO-3)
+
+VAL_FROM_CKPT = osp.join(REPO, 'tests', 'test_engine', 'configs',
+                         'pixellm_tiny_val_from_checkpoint.py')
+
+
+def _val_metrics(log_text):
+    found = re.findall(r'Iter\(val\) \[\d+/\d+\].*?\bgIoU: ([0-9.]+)\s+cIoU: ([0-9.]+)',
+                       log_text)
+    assert found, log_text[-3000:]
+    return tuple(float(v) for v in found[-1])
+
+
+def test_validation_with_generation_under_zero3_does_not_deadlock(tmp_path, trained_tiny):
+    """Two ranks answer different questions, so their answers end at different steps; with
+    ZeRO-3 every layer call gathers weights from both ranks. Without generation in step the
+    rank that finishes first leaves the other waiting forever (the run hits the timeout)."""
+    # One training step on one question, the same batch on every rank and in one process.
+    records = json.load(open(osp.join(trained_tiny['data_root'], 'muse_train.json')))
+    one = tmp_path / 'one_question.json'
+    one.write_text(json.dumps([dict(records[0], questions=records[0]['questions'][:1],
+                                    answers=records[0]['answers'][:1],
+                                    **({'text_answers': records[0]['text_answers'][:1]}
+                                       if 'text_answers' in records[0] else {}))]))
+    options = ['--cfg-options', f'model.init_cfg.checkpoint={trained_tiny["checkpoint"]}',
+               f'val_dataloader.dataset.data_root={trained_tiny["data_root"]}',
+               *trained_tiny['cfg_options'], f'train_dataloader.dataset.ann_file={one}',
+               'train_dataloader.batch_size=2', 'default_hooks.checkpoint.interval=100']
+    cmd = ['bash', 'tools/dist_train.sh', VAL_FROM_CKPT, '2', '--deepspeed', 'zero3',
+           '--work-dir', str(tmp_path / 'zero3'), *options]
+    result = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True,
+                            timeout=240)
+    zero3 = _val_metrics(_check(result))
+    # The same weights validated by one process without DeepSpeed give the same scores.
+    single = _val_metrics(_check(subprocess.run(
+        [sys.executable, 'tools/train.py', VAL_FROM_CKPT, '--work-dir', str(tmp_path / 'one'),
+         *options], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=240)))
+    assert zero3 == pytest.approx(single, abs=1e-4)

@@ -60,6 +60,13 @@ class PixelLM(BaseModel):
             LLM (official behaviour). Defaults to True.
         use_im_start_end (bool): The chat template wraps the image in ``<im_start>``/``<im_end>``.
         max_new_tokens (int): Generation budget in ``predict``. Defaults to 128.
+        sync_ranks (bool, optional): Keep the ranks of a distributed run in step: generation goes
+            on until every rank has finished (a finished rank feeds padding), and a rank whose
+            batch has no target still runs the pixel decoder on a dummy target. Needed when
+            parameters are sharded (DeepSpeed ZeRO-3, FSDP), where every module call gathers
+            weights with a collective that all ranks must join; otherwise a rank that stops
+            early leaves the others waiting forever. None (default) turns it on when the
+            parameters are ZeRO-3 partitions and more than one rank runs.
         data_preprocessor (dict, optional): Defaults to ``PixelLMDataPreprocessor`` at the
             encoder size.
         init_cfg (dict, optional): mmengine init config.
@@ -81,6 +88,7 @@ class PixelLM(BaseModel):
                  mask_padded_image_tokens: bool = True,
                  use_im_start_end: bool = False,
                  max_new_tokens: int = 128,
+                 sync_ranks: Optional[bool] = None,
                  data_preprocessor: Optional[Dict] = None,
                  init_cfg: Optional[Dict] = None) -> None:
         given = dict(vision_encoder=vision_encoder, llm=llm, tokenizer=tokenizer,
@@ -147,6 +155,7 @@ class PixelLM(BaseModel):
         self.mask_padded_image_tokens = mask_padded_image_tokens
         self.use_im_start_end = use_im_start_end
         self.max_new_tokens = max_new_tokens
+        self.sync_ranks = sync_ranks
         self._extend_vocabulary()
 
     @staticmethod
@@ -270,6 +279,38 @@ class PixelLM(BaseModel):
         first = (mask.cumsum(1) == 0).sum(1, keepdim=True)  # left padding length
         return (pos - first).clamp(min=0)
 
+    def _ranks_in_step(self) -> bool:
+        """Whether the ranks must make the same module calls (see ``sync_ranks``)."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()
+                and torch.distributed.get_world_size() > 1):
+            return False
+        if self.sync_ranks is not None:
+            return self.sync_ranks
+        # DeepSpeed ZeRO-3 marks each partitioned parameter with a ds_id.
+        return hasattr(next(self.pixel_decoder.parameters()), 'ds_id')
+
+    @staticmethod
+    def _all_ranks(flag: bool, device: torch.device) -> bool:
+        """``flag`` is true on every rank (one all-reduce)."""
+        value = torch.tensor([0.0 if flag else 1.0], device=device)
+        torch.distributed.all_reduce(value)
+        return bool(value.item() == 0)
+
+    def _decode_masks(self, targets: List[torch.Tensor],
+                      dec_feats: List[torch.Tensor]) -> List[torch.Tensor]:
+        """The pixel decoder on ``targets``; in step with the other ranks when required.
+
+        A batch without targets skips the decoder's layers; with sharded parameters the other
+        ranks would then wait in the decoder's weight gathers. So, in step, such a batch decodes
+        one all-zero target and keeps it only as a zero-weight term of the (empty) outputs.
+        """
+        if sum(int(t.shape[0]) for t in targets) or not self._ranks_in_step():
+            return self.pixel_decoder(targets, dec_feats)
+        dummy = [targets[0].new_zeros(1, *targets[0].shape[1:])] + list(targets[1:])
+        out = self.pixel_decoder(dummy, dec_feats)
+        anchor = out[0].sum() * 0.0
+        return [o[:0] + anchor if i == 0 else o + anchor for i, o in enumerate(out)]
+
     # ------------------------------------------------------------------ modes
     def forward(self, inputs: torch.Tensor, data_samples: Optional[List] = None,
                 mode: str = 'tensor'):
@@ -293,7 +334,7 @@ class PixelLM(BaseModel):
                                                        llm_tokens, token_mask, labels)
         out = self.llm(emb, attention_mask=mask, position_ids=self._position_ids(mask))
         states = self.codebook.gather(out['hidden'], ids, strict=True)
-        low_res = self.pixel_decoder(states, dec_feats)
+        low_res = self._decode_masks(states, dec_feats)
         masks = [self.pixel_decoder.postprocess(m, hw, tuple(s.metainfo['ori_shape']))
                  for m, hw, s in zip(low_res, valid_hw, data_samples)]
         return dict(logits=out['logits'], labels=labels, mask_logits=masks, low_res=low_res)
@@ -344,13 +385,20 @@ class PixelLM(BaseModel):
         # With the official hidden_offset=-1 the last token's own state is never read, so the
         # forward pass that would compute it is skipped.
         need_last_state = self.codebook.hidden_offset == 0
+        # In step (sharded weights): stop only when every rank is done, all at the same step.
+        in_step = self._ranks_in_step()
+
+        def all_done() -> bool:
+            done = bool(finished.all())
+            return self._all_ranks(done, emb.device) if in_step else done
+
         for step in range(max_new):
             logits = out['logits'][:, -1]
             token = logits.argmax(-1)
             token = torch.where(finished, torch.full_like(token, self.pad_token_id), token)
             generated.append(token)
             finished = finished | (token == self.eos_token_id)
-            if not need_last_state and (bool(finished.all()) or step == max_new - 1):
+            if not need_last_state and (step == max_new - 1 or all_done()):
                 states.append(torch.zeros_like(states[-1]))
                 break
             mask = torch.cat([mask, (~finished | (token == self.eos_token_id)).long()[:, None]], 1)
@@ -359,7 +407,7 @@ class PixelLM(BaseModel):
                            position_ids=next_pos[:, None], past_key_values=cache, use_cache=True)
             cache = out['past_key_values']
             states.append(out['hidden'][:, -1])
-            if bool(finished.all()):
+            if step < max_new - 1 and all_done():
                 break
         gen = torch.stack(generated, 1) if generated else ids.new_zeros(b, 0)
         aligned_ids = torch.cat([last_ids[:, None], gen], 1)
@@ -374,7 +422,7 @@ class PixelLM(BaseModel):
         clean = aligned.clone()
         clean[:, 1:][after_eos] = self.pad_token_id
         targets = self.codebook.gather(states, clean, strict=False)
-        low_res = self.pixel_decoder(targets, dec_feats)
+        low_res = self._decode_masks(targets, dec_feats)
         for i, sample in enumerate(data_samples):
             ids = gen[i][~after_eos[i]].tolist()
             sample.set_metainfo(dict(pred_text=self.tokenizer.decode(ids).strip()))
