@@ -2,7 +2,8 @@
 
 Checkpoints are written atomically and carry the random state, so ``--resume`` continues exactly
 where an interrupted run stopped (see ``pixellm.engine``). ``--deepspeed zero2|zero2_offload|zero3``
-switches to DeepSpeed (``configs/deepspeed/``); launch it with ``tools/dist_train.sh``.
+switches to DeepSpeed (``configs/deepspeed/``) and ``--fsdp`` to PyTorch FSDP; launch either with
+``tools/dist_train.sh``.
 """
 import argparse
 import os.path as osp
@@ -15,9 +16,9 @@ from mmengine.logging import print_log
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from pixellm.engine.runner_utils import (add_common_arguments, apply_amp,  # noqa: E402
-                                         apply_deepspeed, apply_resume, apply_seed, build_runner,
-                                         check_data_or_exit, enable_resume_safety,
-                                         load_tool_config)
+                                         apply_deepspeed, apply_fsdp, apply_resume, apply_seed,
+                                         build_runner, check_data_or_exit,
+                                         enable_resume_safety, load_tool_config)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -43,8 +44,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         help='train with DeepSpeed through mmengine\'s FlexibleRunner: a config from '
         'configs/deepspeed/ or a DeepSpeed JSON file; "auto" values come from the config. '
         'Needs a launcher (tools/dist_train.sh)')
+    parser.add_argument(
+        '--fsdp', action='store_true',
+        help='train with PyTorch FSDP through mmengine\'s FlexibleRunner (parameters, gradients '
+        'and optimizer states sharded; one unit per transformer block). Needs a launcher')
     add_common_arguments(parser)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.fsdp and args.deepspeed:
+        parser.error('--fsdp and --deepspeed are two ways to shard: choose one')
+    return args
 
 
 def main(argv=None) -> None:
@@ -68,6 +76,11 @@ def main(argv=None) -> None:
         try:
             notes += apply_deepspeed(cfg, args.deepspeed)
         except (FileNotFoundError, ValueError) as err:
+            raise SystemExit(f'tools/train.py: {err}') from err
+    if args.fsdp:
+        try:
+            notes += apply_fsdp(cfg)
+        except ValueError as err:
             raise SystemExit(f'tools/train.py: {err}') from err
     notes += enable_resume_safety(cfg)
     # The training loop builds the validation loop too, so both datasets must be there.

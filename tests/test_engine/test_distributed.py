@@ -347,10 +347,14 @@ def _val_metrics(log_text):
     return tuple(float(v) for v in found[-1])
 
 
-def test_validation_with_generation_under_zero3_does_not_deadlock(tmp_path, trained_tiny):
+@pytest.mark.parametrize('launch', [('--deepspeed', 'zero3'), ('--fsdp', )],
+                         ids=['zero3', 'fsdp'])
+def test_validation_with_generation_under_sharded_weights_does_not_deadlock(
+        tmp_path, trained_tiny, launch):
     """Two ranks answer different questions, so their answers end at different steps; with
-    ZeRO-3 every layer call gathers weights from both ranks. Without generation in step the
-    rank that finishes first leaves the other waiting forever (the run hits the timeout)."""
+    ZeRO-3 or FSDP every layer call gathers weights from both ranks. Without generation in step
+    the rank that finishes first leaves the other waiting (ZeRO-3: the run hangs until the
+    timeout; FSDP: the gathers mismatch and the run fails)."""
     # One training step on one question, the same batch on every rank and in one process.
     records = json.load(open(osp.join(trained_tiny['data_root'], 'muse_train.json')))
     one = tmp_path / 'one_question.json'
@@ -361,14 +365,51 @@ def test_validation_with_generation_under_zero3_does_not_deadlock(tmp_path, trai
     options = ['--cfg-options', f'model.init_cfg.checkpoint={trained_tiny["checkpoint"]}',
                f'val_dataloader.dataset.data_root={trained_tiny["data_root"]}',
                *trained_tiny['cfg_options'], f'train_dataloader.dataset.ann_file={one}',
-               'train_dataloader.batch_size=2', 'default_hooks.checkpoint.interval=100']
-    cmd = ['bash', 'tools/dist_train.sh', VAL_FROM_CKPT, '2', '--deepspeed', 'zero3',
-           '--work-dir', str(tmp_path / 'zero3'), *options]
+               'train_dataloader.batch_size=2', 'default_hooks.checkpoint.interval=1']
+    cmd = ['bash', 'tools/dist_train.sh', VAL_FROM_CKPT, '2', *launch,
+           '--work-dir', str(tmp_path / 'sharded'), *options]
     result = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True,
                             timeout=240)
-    zero3 = _val_metrics(_check(result))
-    # The same weights validated by one process without DeepSpeed give the same scores.
+    sharded = _val_metrics(_check(result))
+    # The same weights validated by one process without sharding give the same scores.
     single = _val_metrics(_check(subprocess.run(
         [sys.executable, 'tools/train.py', VAL_FROM_CKPT, '--work-dir', str(tmp_path / 'one'),
          *options], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=240)))
-    assert zero3 == pytest.approx(single, abs=1e-4)
+    assert sharded == pytest.approx(single, abs=1e-4)
+    if launch == ('--fsdp', ):
+        # FSDP checkpoints hold the full state dict: an ordinary .pth, as one process writes.
+        full = load_checkpoint_safely(str(tmp_path / 'sharded' / 'iter_1.pth'))['state_dict']
+        _assert_close_weights(
+            full, load_checkpoint_safely(str(tmp_path / 'one' / 'iter_1.pth'))['state_dict'])
+
+
+def test_fsdp_on_two_gloo_processes_trains_like_one_process(tmp_path, single_process):
+    ref_losses, ref_weights, _ = single_process
+    work_dir = tmp_path / 'fsdp'
+    log = _dist_train(2, work_dir, '--fsdp')
+    assert '(CPU FSDP)' in log
+    mean, _ = _mean_rank_losses(work_dir, 2)
+    torch.testing.assert_close(mean, ref_losses, rtol=1e-5, atol=1e-7)
+    ckpt = load_checkpoint_safely(str(work_dir / f'iter_{ITERS}.pth'))
+    _assert_close_weights(ckpt['state_dict'], ref_weights[ITERS])
+
+
+def test_fsdp_needs_a_launcher_and_excludes_deepspeed(tmp_path):
+    from pixellm.engine.runner_utils import apply_fsdp, layer_wrap_policy
+    cfg = _train_cfg()
+    cfg.launcher = 'none'
+    with pytest.raises(ValueError, match='tools/dist_train.sh CONFIG GPUS --fsdp'):
+        apply_fsdp(cfg)
+    cfg.launcher = 'pytorch'
+    notes = apply_fsdp(cfg)
+    assert cfg.runner_type == 'FlexibleRunner' and cfg.strategy.type == 'FSDPStrategy'
+    assert cfg.strategy.state_dict_cfg == 'full' and 'FSDPStrategy' in notes[0]
+    import transformers
+    layer = transformers.models.llama.modeling_llama.LlamaDecoderLayer(
+        transformers.LlamaConfig(hidden_size=8, intermediate_size=16, num_attention_heads=2,
+                                 num_key_value_heads=2), 0)
+    assert layer_wrap_policy(layer, False, 0) and not layer_wrap_policy(torch.nn.Linear(2, 2),
+                                                                      False, 0)
+    proc = subprocess.run([sys.executable, 'tools/train.py', TOY_DIST, '--fsdp', '--deepspeed',
+                           'zero2'], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and 'choose one' in proc.stderr

@@ -65,8 +65,9 @@ class PixelLM(BaseModel):
             batch has no target still runs the pixel decoder on a dummy target. Needed when
             parameters are sharded (DeepSpeed ZeRO-3, FSDP), where every module call gathers
             weights with a collective that all ranks must join; otherwise a rank that stops
-            early leaves the others waiting forever. None (default) turns it on when the
-            parameters are ZeRO-3 partitions and more than one rank runs.
+            early leaves the others waiting forever. None (default) turns it on when more than
+            one rank runs and the parameters are ZeRO-3 partitions or the model holds FSDP
+            units.
         data_preprocessor (dict, optional): Defaults to ``PixelLMDataPreprocessor`` at the
             encoder size.
         init_cfg (dict, optional): mmengine init config.
@@ -286,8 +287,12 @@ class PixelLM(BaseModel):
             return False
         if self.sync_ranks is not None:
             return self.sync_ranks
-        # DeepSpeed ZeRO-3 marks each partitioned parameter with a ds_id.
-        return hasattr(next(self.pixel_decoder.parameters()), 'ds_id')
+        # DeepSpeed ZeRO-3 marks each partitioned parameter with a ds_id; FSDP units are
+        # submodules (the auto-wrapped transformer blocks).
+        if hasattr(next(self.pixel_decoder.parameters()), 'ds_id'):
+            return True
+        from torch.distributed.fsdp import FullyShardedDataParallel
+        return any(isinstance(m, FullyShardedDataParallel) for m in self.modules())
 
     @staticmethod
     def _all_ranks(flag: bool, device: torch.device) -> bool:
