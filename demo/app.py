@@ -25,6 +25,8 @@ from typing import List, Optional, Tuple
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 os.environ.setdefault('GRADIO_ANALYTICS_ENABLED', 'False')
 
+from mmengine.config import DictAction  # noqa: E402
+
 DEFAULT_EXAMPLES = 'data/muse_demo/muse_val.json'
 
 
@@ -42,6 +44,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--precision', choices=['fp32', 'bf16', 'fp16'], default='fp32')
     parser.add_argument('--device', default=None, help='cpu, cuda... (default: cuda if any)')
     parser.add_argument('--max-new-tokens', type=int, default=None)
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
+                        help='override config entries')
+    parser.add_argument('--trust-checkpoint', action='store_true',
+                        help='unpickle the checkpoint without the allow-list (trusted files)')
     return parser.parse_args(argv)
 
 
@@ -60,10 +66,17 @@ def muse_examples(ann_file: str, num: int) -> List[Tuple[str, str]]:
     """
     if not ann_file or not osp.isfile(ann_file):
         return []
-    with open(ann_file) as f:
-        records = json.load(f)
+    try:
+        with open(ann_file) as f:
+            records = json.load(f)
+    except (OSError, ValueError) as err:
+        raise ValueError(f'--examples {ann_file!r} is not a readable json file ({err})') from err
+    if not isinstance(records, list):
+        raise ValueError(f'--examples {ann_file!r}: expected a MUSE-format list of records')
     examples = []
-    for record in records:
+    for index, record in enumerate(records):
+        if not isinstance(record, dict) or 'file_name' not in record:
+            raise ValueError(f'--examples {ann_file!r}: record {index} has no "file_name"')
         path = osp.join(osp.dirname(ann_file), 'images', record['file_name'])
         if osp.isfile(path) and record.get('questions'):
             examples.append((path, record['questions'][0]))
@@ -117,8 +130,11 @@ def build_demo(model, examples: List[Tuple[str, str]], max_new_tokens: Optional[
                                    interactive=False, format='png')
         if examples:
             gr.Examples(examples=[list(e) for e in examples], inputs=[image, question])
-        ask.click(answer, inputs=[image, question], outputs=[text, targets, overlay])
-        question.submit(answer, inputs=[image, question], outputs=[text, targets, overlay])
+        # One queue for both triggers: the model answers one request at a time.
+        ask.click(answer, inputs=[image, question], outputs=[text, targets, overlay],
+                  concurrency_id='pixellm', concurrency_limit=1)
+        question.submit(answer, inputs=[image, question], outputs=[text, targets, overlay],
+                        concurrency_id='pixellm', concurrency_limit=1)
     return demo
 
 
@@ -134,15 +150,19 @@ def main(argv=None) -> int:
     import torch
 
     from pixellm.apis import init_model
+    from pixellm.engine.checkpoint import UntrustedCheckpointError
+    from pixellm.utils.config import ConfigLoadError
     device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
     try:
+        examples = muse_examples(args.examples, args.num_examples)
         model = init_model(args.config, args.checkpoint, device=device,
-                           precision=args.precision)
-    except (FileNotFoundError, ValueError, RuntimeError) as err:
+                           precision=args.precision, cfg_options=args.cfg_options,
+                           trusted=args.trust_checkpoint or None)
+    except (OSError, ValueError, RuntimeError, ImportError, ConfigLoadError,
+            UntrustedCheckpointError) as err:
         print(f'demo/app.py: cannot load the model: {err}', file=sys.stderr)
         return 1
-    demo = build_demo(model, muse_examples(args.examples, args.num_examples),
-                      args.max_new_tokens)
+    demo = build_demo(model, examples, args.max_new_tokens)
     print(f'PixelLM demo on http://{args.host}:{args.port}', flush=True)
     demo.launch(server_name=args.host, server_port=args.port, share=False, ssr_mode=False,
                 show_error=True)

@@ -176,14 +176,19 @@ def main(argv=None) -> int:
         model = init_model(args.config, args.checkpoint, device=device, precision=args.precision,
                            quantization=quantization, cfg_options=args.cfg_options,
                            trusted=args.trust_checkpoint or None)
-    except (FileNotFoundError, ValueError, RuntimeError, ImportError, ConfigLoadError,
+    except (OSError, ValueError, RuntimeError, ImportError, ConfigLoadError,
             UntrustedCheckpointError) as err:
+        # OSError: a missing file, or a pretrained folder/hub name transformers cannot load.
         print(f'tools/chat.py: cannot load the model: {err}', file=sys.stderr)
         return EXIT_LOAD_ERROR
     print(f'Loaded {args.checkpoint} ({args.precision}, {device}'
           + (f', LLM {quantization}' if quantization else '') + ')', flush=True)
     if args.question is None:
-        return interactive(model, args)
+        try:
+            return interactive(model, args)
+        except KeyboardInterrupt:
+            print('\n(interrupted)', flush=True)
+            return 130
     stem = osp.splitext(osp.basename(args.image))[0]
     try:
         ask(model, args.image, args.question, None, args, stem)

@@ -1,10 +1,11 @@
 """Load a trained PixelLM and ask it about an image: ``init_model`` and ``inference``.
 
 ``tools/chat.py``, the web demo (``demo/app.py``) and ``tools/test.py --show-dir`` (through
-:func:`pixellm.visualization.render_prediction`) share this path, and a sample asked here gives
-the prediction ``tools/test.py`` gives for it: the image goes through the config's own
-transforms (``LoadImageFromFile``, ``ResizeLongestSide``), the question through its chat template,
-and the model through ``data_preprocessor`` and ``predict`` as in the runner's test step.
+:func:`pixellm.visualization.render_prediction`) share this path. The image goes through the
+config's own transforms (``LoadImageFromFile``, ``ResizeLongestSide``), the question through its
+chat template, and the model through ``data_preprocessor`` and ``predict`` as in the runner's test
+step; so a prompt worded as the test pipeline words it (a MUSE test question is wrapped in the
+first official question template) gets exactly the prediction ``tools/test.py`` makes.
 """
 import json
 import os
@@ -52,7 +53,7 @@ class InferenceResult:
         question (str): The question as asked (without the image placeholder).
         text (str): The answer with each target written ``[k]`` where its codebook tokens stood.
         raw_text (str): The decoded answer with the codebook tokens (history for the next turn).
-        labels (list[str]): Per target, the words naming it in the answer.
+        labels (list[str]): Per target, the words naming it in the answer (``''`` when none).
         masks (np.ndarray): ``(N, H, W)`` bool masks at the image's resolution, in answer order.
         scores (np.ndarray): ``(N,)`` mean foreground probability of each mask.
         image (np.ndarray): The RGB image ``(H, W, 3)`` the masks belong to.
@@ -94,6 +95,12 @@ class InferenceResult:
             dict: ``overlay`` (path), ``masks`` (paths) and ``rle`` (path or None).
         """
         os.makedirs(out_dir, exist_ok=True)
+        # Files of an earlier answer under the same stem (more targets) must not linger.
+        for name in os.listdir(out_dir):
+            if name == f'{stem}_masks.json' or (name.startswith(f'{stem}_mask')
+                                                 and name.endswith('.png')
+                                                 and name[len(stem) + 5:-4].isdigit()):
+                os.remove(osp.join(out_dir, name))
         overlay_path = osp.join(out_dir, f'{stem}_overlay.png')
         self.overlay().save(overlay_path)
         mask_paths = []
@@ -182,16 +189,31 @@ def init_model(config: Union[str, Config], checkpoint: Optional[str] = None,
         cfg = load_config(config, cfg_options=cfg_options)
     exported = checkpoint is not None and osp.isfile(osp.join(checkpoint, CONFIG_FILE))
     if checkpoint is not None and not exported and not osp.isfile(checkpoint):
+        if osp.isdir(checkpoint) and any(n.endswith('model_states.pt')
+                                         for n in os.listdir(checkpoint)):
+            raise FileNotFoundError(
+                f'{checkpoint!r} is a DeepSpeed checkpoint folder, not a checkpoint file: turn '
+                'it into one .pth with tools/model_converters/deepspeed_to_pth.py')
         raise FileNotFoundError(
             f'checkpoint {checkpoint!r} does not exist (give a .pth file written by '
             'tools/train.py or a folder written by tools/model_converters/export_hf.py)')
-    if quantization is not None and not exported:
-        raise ValueError(f'{quantization} loading quantises the LLM as transformers loads it, '
-                         'which needs a Hugging Face folder: export the checkpoint with '
-                         'tools/model_converters/export_hf.py and pass the folder')
+    if quantization is not None:
+        if not exported:
+            raise ValueError(f'{quantization} loading quantises the LLM as transformers loads '
+                             'it, which needs a Hugging Face folder: export the checkpoint with '
+                             'tools/model_converters/export_hf.py and pass the folder')
+        if torch.device(device).type != 'cuda':
+            raise ValueError(f'{quantization} loading runs on a CUDA device (bitsandbytes); '
+                             f'got device {device!r}')
+        # bitsandbytes places the LLM on the current CUDA device.
+        torch.cuda.set_device(torch.device(device))
     if exported:
-        overrides = {'llm.quantization': quantization} if quantization else None
-        model = load_exported(checkpoint, overrides=overrides)
+        # The folder holds the model config; model.* options of cfg_options still apply.
+        overrides = {k[len('model.'):]: v for k, v in (cfg_options or {}).items()
+                     if k.startswith('model.')}
+        if quantization:
+            overrides['llm.quantization'] = quantization
+        model = load_exported(checkpoint, overrides=overrides or None)
     else:
         model = MODELS.build(cfg.model)
         if checkpoint is not None:
@@ -267,6 +289,12 @@ def build_conversation(question: str, history: Optional[History] = None) -> List
     if not question or not question.strip():
         raise InferenceInputError('question', 'the question is empty')
     turns = list(history or []) + [(question.strip(), None)]
+    for i, (q, _) in enumerate(turns):
+        count = q.count(DEFAULT_IMAGE_TOKEN)
+        if count > (1 if i == 0 else 0):
+            raise InferenceInputError(
+                'question', f'{DEFAULT_IMAGE_TOKEN!r} marks where the image goes; it may appear '
+                'once, in the first question only (it is added there when absent)')
     messages = []
     for i, (q, a) in enumerate(turns):
         if i == 0 and DEFAULT_IMAGE_TOKEN not in q:
@@ -326,6 +354,10 @@ def inference(model: torch.nn.Module, image: ImageInput, question: str,
     raw_text = sample.metainfo['pred_text']
     text, labels = number_targets(raw_text, model.codebook.tokens)
     masks = sample.pred_instances.masks.numpy().astype(bool)
+    if len(labels) != len(masks):
+        # The text and the ids disagree (a codebook token spelled from ordinary sub-tokens):
+        # no label rather than a label on the wrong mask.
+        labels = [''] * len(masks)
     return InferenceResult(question=shown_question, text=text, raw_text=raw_text, labels=labels,
                            masks=masks, scores=sample.pred_instances.scores.float().numpy(),
                            image=img, img_path=img_path)

@@ -614,7 +614,7 @@ def apply_fsdp(cfg: Config) -> List[str]:
     unit per transformer block of the LLM and of CLIP (:data:`FSDP_LAYER_CLASSES`) plus the rest
     of the model at the root. ``use_orig_params`` keeps frozen weights, LoRA and the trainable
     token rows side by side in one unit. Checkpoints hold the full state dict (rank 0 writes an
-    ordinary ``.pth`` that ``tools/test.py`` loads) and resume from it. The optimizer wrapper of
+    ordinary ``.pth`` that ``tools/test.py`` loads). The optimizer wrapper of
     the config stays: ``OptimWrapper``, or ``AmpOptimWrapper`` (bf16 autocast) on GPUs.
     Generation during validation runs in step across ranks (``PixelLM.sync_ranks``).
 

@@ -136,10 +136,13 @@ def blend_masks(image: Image.Image, masks: np.ndarray, alpha: float = 0.5) -> Im
         ValueError: The masks are not at the image's resolution.
     """
     rgb = np.asarray(image.convert('RGB')).astype(np.float32)
-    masks = np.asarray(masks, dtype=bool).reshape(-1, *rgb.shape[:2]) if len(masks) else masks
-    if len(masks) and masks.shape[1:] != rgb.shape[:2]:
+    masks = np.asarray(masks, dtype=bool)
+    if masks.ndim == 2:
+        masks = masks[None]
+    if masks.ndim != 3 or (len(masks) and masks.shape[1:] != rgb.shape[:2]):
         raise ValueError(f'masks of shape {tuple(masks.shape)} do not match the image of '
-                         f'{rgb.shape[0]}x{rgb.shape[1]}')
+                         f'{rgb.shape[0]}x{rgb.shape[1]}; give (N, H, W) masks at the '
+                         'image\'s resolution')
     for mask, color in zip(masks, mask_colors(len(masks))):
         rgb[mask] = rgb[mask] * (1 - alpha) + np.asarray(color, np.float32) * alpha
     return Image.fromarray(np.round(rgb).clip(0, 255).astype(np.uint8))

@@ -381,6 +381,14 @@ def test_validation_with_generation_under_sharded_weights_does_not_deadlock(
         full = load_checkpoint_safely(str(tmp_path / 'sharded' / 'iter_1.pth'))['state_dict']
         _assert_close_weights(
             full, load_checkpoint_safely(str(tmp_path / 'one' / 'iter_1.pth'))['state_dict'])
+        # The ranks' answers do end at different steps: out of step, the weight gathers of the
+        # two ranks mismatch and the run fails (under ZeRO-3 it would hang instead).
+        out_of_step = subprocess.run(
+            ['bash', 'tools/dist_train.sh', VAL_FROM_CKPT, '2', *launch, '--work-dir',
+             str(tmp_path / 'out_of_step'), *options, 'model.sync_ranks=False'],
+            cwd=REPO, env=_env(), capture_output=True, text=True, timeout=240)
+        assert out_of_step.returncode != 0
+        assert 'Iter(val) [8/8]' not in out_of_step.stdout + out_of_step.stderr
 
 
 def test_fsdp_on_two_gloo_processes_trains_like_one_process(tmp_path, single_process):

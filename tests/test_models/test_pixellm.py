@@ -176,3 +176,37 @@ def test_training_steps_reduce_the_loss():
     last = {k: float(v) for k, v in model(**data, mode='loss').items()}
     assert last['loss_ce'] < 0.7 * first['loss_ce']
     assert last['loss_mask_bce'] < first['loss_mask_bce']
+
+
+def _decoder_calls(model, data):
+    """Names of the pixel decoder's submodules whose forward ran in one training loss."""
+    called = set()
+    hooks = [m.register_forward_hook(lambda mod, inp, out, name=name: called.add(name))
+             for name, m in model.pixel_decoder.named_modules() if name]
+    try:
+        losses = model(**data, mode='loss')
+    finally:
+        for h in hooks:
+            h.remove()
+    return called, losses
+
+
+@pytest.mark.parametrize('in_step', [False, True])
+def test_batch_without_targets_keeps_every_decoder_weight_in_the_graph(in_step):
+    """A rank whose batch names no target must still reach every decoder weight in backward
+    (DDP expects a gradient for each; ZeRO-3/FSDP gather weights in backward collectively), and
+    in step with other ranks (sharded weights) it must also run the same decoder layers as a
+    rank with targets."""
+    model = build_tiny()
+    model._ranks_in_step = lambda: in_step
+    with_targets, _ = _decoder_calls(model, make_batch(model, targets=(2, 1)))
+    called, losses = _decoder_calls(model, make_batch(model, targets=(0, 0)))
+    sum(losses.values()).backward()
+    for name, p in model.pixel_decoder.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None, name
+            assert torch.count_nonzero(p.grad) == 0, name  # no target, no signal
+    if in_step:
+        assert called == with_targets
+    else:
+        assert not called  # outside sharded runs the decoder's layers are skipped

@@ -71,9 +71,13 @@ def test_interactive_session_survives_mistakes_and_keeps_history(trained_tiny, t
     stem = osp.splitext(osp.basename(image))[0]
     assert sorted(p.name for p in (tmp_path / 'out').glob('*_overlay.png')) == [
         f'{stem}_turn{k}_overlay.png' for k in (1, 2, 3)]
-    # After :reset the same first question gets the same answer as at the start.
+    # Turn 2 was asked with turn 1 as history; after :reset the first question is asked afresh.
+    from pixellm.apis import inference, init_model
+    model = init_model(trained_tiny['config'], trained_tiny['checkpoint'])
+    first = inference(model, image, question)
+    second = inference(model, image, 'And the other one?', history=[(question, first.raw_text)])
     answers = re.findall(r'PixelLM: (.*)$', stdout, re.M)
-    assert answers[0] == answers[2]
+    assert answers == [first.text, second.text, first.text]
 
 
 def test_one_shot_mistakes_exit_non_zero_without_traceback(trained_tiny, tmp_path):

@@ -79,3 +79,13 @@ def test_prediction_labels_the_legend_only_when_targets_match_masks():
     other = render_prediction(image, masks, 'Q', 'a [SEG0] b [SEG0].', tokens)
     assert np.array_equal(np.asarray(other), np.asarray(
         render_mask_overlay(image, masks, 'Q', 'a [1] b [2].')))
+
+
+def test_masks_of_another_size_are_refused_not_scrambled():
+    image = Image.new('RGB', (6, 4))
+    # 2 x (3 x 8) has as many pixels as 2 x (4 x 6) but is another size.
+    with pytest.raises(ValueError, match=r"masks of shape \(2, 3, 8\) do not match the image of "
+                       r"4x6"):
+        render_mask_overlay(image, np.zeros((2, 3, 8), bool), 'Q', 'A')
+    single = render_mask_overlay(image, np.ones((4, 6), bool), 'Q', 'A')  # one (H, W) mask
+    assert single.width == 6

@@ -106,9 +106,15 @@ def test_examples_from_the_dataset_are_listed(page):
 
 
 def test_empty_question_shows_an_error_and_the_page_goes_on(trained_tiny, page):
+    from pixellm.apis import inference, init_model
     image = osp.join(trained_tiny['data_root'], 'images', 'val_000000.png')
     ask(page, image, '   ')
     page.get_by_text('the question is empty').first.wait_for(timeout=60000)
-    ask(page, image, 'Where is the green triangle?')
+    # The next question is answered (the page still works): its own answer appears.
+    question = 'Where is the green triangle?'
+    expected = inference(init_model(trained_tiny['config'], trained_tiny['checkpoint']), image,
+                         question).text
+    ask(page, image, question)
     page.wait_for_function(
-        "() => document.querySelector('#answer textarea').value.length > 0", timeout=120000)
+        "(want) => document.querySelector('#answer textarea').value === want", arg=expected,
+        timeout=120000)

@@ -275,7 +275,9 @@ class PixelDecoder(BaseModule):
             Tensor: ``(N, H, W)`` mask logits.
         """
         if low_res.shape[0] == 0:
-            return low_res.new_zeros(0, *ori_shape)
+            # Keep the (zero-weight) graph of an empty output: DDP and sharded backward passes
+            # expect every rank to reach the decoder's weights.
+            return low_res.new_zeros(0, *ori_shape) + low_res.sum() * 0.0
         s = self.input_size
         x = F.interpolate(low_res[:, None].float(), (s, s), mode='bilinear', align_corners=False)
         x = x[..., :int(valid_hw[0]), :int(valid_hw[1])]

@@ -1,6 +1,6 @@
 """PixelLM: an LLM that answers with text and any number of masks, assembled from config parts."""
 import copy
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -412,7 +412,8 @@ class PixelLM(BaseModel):
                            position_ids=next_pos[:, None], past_key_values=cache, use_cache=True)
             cache = out['past_key_values']
             states.append(out['hidden'][:, -1])
-            if step < max_new - 1 and all_done():
+            # (Without need_last_state the check before the forward pass already decided.)
+            if need_last_state and step < max_new - 1 and all_done():
                 break
         gen = torch.stack(generated, 1) if generated else ids.new_zeros(b, 0)
         aligned_ids = torch.cat([last_ids[:, None], gen], 1)
