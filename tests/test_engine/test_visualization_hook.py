@@ -57,6 +57,18 @@ def test_hook_writes_fixed_val_samples_with_prediction_and_truth(tmp_path):
         # Left half: the prediction, an overlay of the same image.
         assert drawn.shape[1] == 2 * image.width + 6
     assert len(os.listdir(folder)) == 2
+    # TensorBoard (installed with the tests extra) got the same images.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(osp.join(runner.log_dir, 'vis_data'),
+                              size_guidance={'images': 0})
+    events.Reload()
+    expected = sorted(osp.splitext(name)[0].rsplit('_', 1)[0] for name in os.listdir(folder))
+    assert sorted(events.Tags()['images']) == expected
+    for tag in expected:
+        (image, ) = events.Images(tag)
+        assert image.step == 2
+        local = Image.open(osp.join(folder, f'{tag}_2.png'))
+        assert (image.width, image.height) == local.size
 
 
 def test_tensorboard_backend_is_left_out_when_tensorboard_is_missing(monkeypatch):
