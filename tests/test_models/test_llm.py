@@ -95,3 +95,22 @@ def test_added_rows_stay_float32_under_a_bf16_llm():
     llm.add_token_rows(2)
     assert llm.new_embed.dtype == torch.float32 and llm.new_head.dtype == torch.float32
     assert llm.embed(torch.tensor([[1, 64]])).dtype == torch.bfloat16
+
+
+def test_auto_attention_takes_flash_attention_only_where_it_runs(monkeypatch):
+    import importlib.util
+
+    from pixellm.models.llms import causal_lm
+    real = importlib.util.find_spec
+    assert causal_lm.resolve_attn_implementation('eager') == 'eager'
+    with pytest.raises(ValueError, match="'sdpa', 'eager', 'flash_attention_2', 'auto'"):
+        causal_lm.resolve_attn_implementation('flash')
+    for installed, cuda, expected in [(False, False, 'sdpa'), (True, False, 'sdpa'),
+                                      (False, True, 'sdpa'), (True, True, 'flash_attention_2')]:
+        monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a, inst=installed: (
+            object() if inst else None) if name == 'flash_attn' else real(name, *a))
+        monkeypatch.setattr(torch.cuda, 'is_available', lambda c=cuda: c)
+        assert causal_lm.resolve_attn_implementation('auto') == expected
+    monkeypatch.undo()
+    llm = HFCausalLM(llm_config=LCFG, attn_implementation='auto')
+    assert llm.model.config._attn_implementation == 'sdpa'  # this machine: no CUDA

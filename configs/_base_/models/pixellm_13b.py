@@ -12,6 +12,6 @@ llama2_13b = dict(model_type='llama', vocab_size=32000, hidden_size=5120, interm
                   max_position_embeddings=4096, rms_norm_eps=1e-5, tie_word_embeddings=False)
 model.update(  # noqa: F405
     llm=dict(type='HFCausalLM', pretrained=llava_path, llm_config=llama2_13b,
-             torch_dtype='bfloat16', attn_implementation='sdpa', gradient_checkpointing=True,
+             torch_dtype='bfloat16', attn_implementation='auto', gradient_checkpointing=True,
              lora=dict(r=8, alpha=16, dropout=0.05, target_modules=['q_proj', 'v_proj'])),
     tokenizer=dict(type='PretrainedTokenizer', name_or_path=llava_path, model_max_length=512))

@@ -24,7 +24,7 @@ model = dict(
         torch_dtype='bfloat16', frozen=True),
     llm=dict(
         type='HFCausalLM', pretrained=llava_path, llm_config=llama_7b, torch_dtype='bfloat16',
-        attn_implementation='sdpa', gradient_checkpointing=True,
+        attn_implementation='auto', gradient_checkpointing=True,
         lora=dict(r=8, alpha=16, dropout=0.05, target_modules=['q_proj', 'v_proj'])),
     tokenizer=dict(type='PretrainedTokenizer', name_or_path=llava_path, model_max_length=512),
     use_im_start_end=True,                 # official --use_mm_start_end defaults to True

@@ -26,6 +26,31 @@ def _resolve_dtype(dtype):
 
 
 QUANTIZATIONS = ('8bit', '4bit')
+ATTN_IMPLEMENTATIONS = ('sdpa', 'eager', 'flash_attention_2', 'auto')
+
+
+def resolve_attn_implementation(name: str) -> str:
+    """The attention kernel to ask transformers for; ``'auto'`` picks one for this machine.
+
+    Args:
+        name (str): One of :data:`ATTN_IMPLEMENTATIONS`.
+
+    Returns:
+        str: ``name``, or for ``'auto'``: ``'flash_attention_2'`` when ``flash_attn`` is
+        installed and CUDA is available, else ``'sdpa'`` (PyTorch's fused attention).
+
+    Raises:
+        ValueError: Unknown name.
+    """
+    if name not in ATTN_IMPLEMENTATIONS:
+        raise ValueError(f'attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, got '
+                         f'{name!r}')
+    if name != 'auto':
+        return name
+    if importlib.util.find_spec('flash_attn') is not None and torch.cuda.is_available():
+        return 'flash_attention_2'
+    return 'sdpa'
+
 
 
 def bitsandbytes_load_kwargs(quantization: Optional[str], pretrained: Optional[str],
@@ -122,7 +147,9 @@ class HFCausalLM(BaseModule):
         llm_config (dict, optional): Config kwargs; ``model_type`` picks the architecture
             (``'llama'`` by default).
         torch_dtype (str, optional): Weight dtype, e.g. ``'bfloat16'``.
-        attn_implementation (str): ``'sdpa'`` (default), ``'eager'`` or ``'flash_attention_2'``.
+        attn_implementation (str): ``'sdpa'`` (default), ``'eager'``, ``'flash_attention_2'`` or
+            ``'auto'``: FlashAttention-2 when the ``flash_attn`` package is installed and a CUDA
+            device is present, else sdpa (see :func:`resolve_attn_implementation`).
         gradient_checkpointing (bool): Recompute decoder layers in backward. Defaults to False.
         lora (dict, optional): ``dict(r=8, alpha=16, dropout=0.05, target_modules=['q_proj',
             'v_proj'])`` wraps the model with peft LoRA (PixelLM's settings). None trains no
@@ -155,6 +182,7 @@ class HFCausalLM(BaseModule):
         super().__init__(init_cfg=init_cfg)
         import transformers
         dtype = _resolve_dtype(torch_dtype)
+        attn_implementation = resolve_attn_implementation(attn_implementation)
         load_kwargs = bitsandbytes_load_kwargs(quantization, pretrained, dtype)
         cfg = dict(llm_config or {})
         model_type = cfg.pop('model_type', 'llama')
