@@ -108,9 +108,7 @@ def build_demo(model, examples: List[Tuple[str, str]], max_new_tokens: Optional[
             result = inference(model, image, question or '', max_new_tokens=max_new_tokens)
         except InferenceInputError as err:
             raise gr.Error(str(err)) from err
-        targets = '\n'.join(
-            f'[{k + 1}] {result.labels[k] or "(unnamed)"}: {int(result.masks[k].sum())} px'
-            for k in range(result.num_targets)) or 'no target in this answer'
+        targets = '\n'.join(result.target_lines()) or 'no target in this answer'
         return result.text, targets, np.asarray(result.overlay())
 
     with gr.Blocks(title='PixelLM') as demo:

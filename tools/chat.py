@@ -72,11 +72,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def answer_lines(result) -> List[str]:
     """The printed answer: numbered text, then one line per target."""
-    lines = [f'PixelLM: {result.text}']
-    for k in range(result.num_targets):
-        label = result.labels[k] if k < len(result.labels) and result.labels[k] else '(unnamed)'
-        pixels = int(result.masks[k].sum())
-        lines.append(f'  [{k + 1}] {label}: {pixels} px, score {result.scores[k]:.3f}')
+    lines = [f'PixelLM: {result.text}'] + [f'  {line}' for line in result.target_lines()]
     if not result.num_targets:
         lines.append('  (no target in this answer)')
     return lines

@@ -74,6 +74,11 @@ class InferenceResult:
         """Number of predicted targets (masks)."""
         return int(self.masks.shape[0])
 
+    def target_lines(self) -> List[str]:
+        """One line per target: ``[k] words: pixels px, score s`` (``(unnamed)`` without words)."""
+        return [f'[{k + 1}] {self.labels[k] or "(unnamed)"}: {int(self.masks[k].sum())} px, '
+                f'score {self.scores[k]:.3f}' for k in range(self.num_targets)]
+
     def overlay(self, alpha: float = 0.5) -> Image.Image:
         """The image with each target's mask in its own colour, question, answer and legend."""
         labels = self.labels if len(self.labels) == self.num_targets else None
@@ -344,13 +349,8 @@ def inference(model: torch.nn.Module, image: ImageInput, question: str,
     packed = PackPixelLMInputs()(results)
     data = model.data_preprocessor(pseudo_collate([packed]), False)
     data['inputs'] = data['inputs'].to(settings['dtype'])
-    saved = model.max_new_tokens
-    if max_new_tokens is not None:
-        model.max_new_tokens = max_new_tokens
-    try:
-        sample = model(**data, mode='predict')[0]
-    finally:
-        model.max_new_tokens = saved
+    # The runner's test step calls the same predict (through forward(mode='predict')).
+    sample = model.predict(data['inputs'], data['data_samples'], max_new_tokens=max_new_tokens)[0]
     raw_text = sample.metainfo['pred_text']
     text, labels = number_targets(raw_text, model.codebook.tokens)
     masks = sample.pred_instances.masks.numpy().astype(bool)

@@ -16,6 +16,20 @@ from pixellm.visualization import mask_colors, render_mask_overlay, render_predi
 __all__ = ['MaskOverlayHook', 'mask_colors', 'render_mask_overlay']
 
 
+def require_metainfo(sample: Any, keys: Sequence[str], hook: str) -> dict:
+    """The sample's metainfo, after checking it has every key in ``keys``.
+
+    Raises:
+        KeyError: A key is missing; the message names the hook, the image and the keys present.
+    """
+    meta = sample.metainfo
+    for key in keys:
+        if key not in meta:
+            raise KeyError(f'{hook}: data sample (img_path={meta.get("img_path")!r}) has no '
+                           f'metainfo {key!r}; present: {sorted(meta)}')
+    return meta
+
+
 def codebook_tokens_of(runner) -> tuple:
     """The codebook token strings of the runner's model (unwrapped), or ``()`` if it has none."""
     model = getattr(runner, 'model', None)
@@ -107,11 +121,7 @@ class MaskOverlayHook(Hook):
             KeyError: A required metainfo field is missing.
             ValueError: The masks do not match the image size.
         """
-        meta = sample.metainfo
-        for key in ('img_path', 'question', 'pred_text'):
-            if key not in meta:
-                raise KeyError(f'MaskOverlayHook: data sample (img_path={meta.get("img_path")!r}) '
-                               f'has no metainfo {key!r}; present: {sorted(meta)}')
+        meta = require_metainfo(sample, ('img_path', 'question', 'pred_text'), 'MaskOverlayHook')
         img_path = meta['img_path']
         image = Image.open(img_path)
         masks = self._masks(sample)

@@ -1,4 +1,5 @@
 """Validation overlays during training, through mmengine's visualizer (local files, TensorBoard)."""
+import os.path as osp
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -8,7 +9,7 @@ from PIL import Image
 from pixellm.registry import HOOKS
 from pixellm.visualization import render_mask_overlay, render_prediction
 
-from .mask_overlay_hook import MaskOverlayHook, codebook_tokens_of
+from .mask_overlay_hook import MaskOverlayHook, codebook_tokens_of, require_metainfo
 
 
 def side_by_side(left: Image.Image, right: Image.Image, gap: int = 6) -> Image.Image:
@@ -75,7 +76,7 @@ class PixelLMVisualizationHook(Hook):
         sample = outputs[0]
         image = self.draw(sample)
         meta = sample.metainfo
-        stem = str(meta.get('img_path', 'sample')).rsplit('/', 1)[-1].rsplit('.', 1)[0]
+        stem = osp.splitext(osp.basename(str(meta.get('img_path', 'sample'))))[0]
         name = f'val_{stem}_q{int(meta.get("question_index", meta.get("question_idx", 0)))}'
         runner.visualizer.add_image(name, np.asarray(image), step=runner.iter)
         self.num_drawn += 1
@@ -91,11 +92,8 @@ class PixelLMVisualizationHook(Hook):
         Returns:
             PIL.Image.Image: The two overlays side by side.
         """
-        meta = sample.metainfo
-        for key in ('img_path', 'question', 'pred_text'):
-            if key not in meta:
-                raise KeyError(f'PixelLMVisualizationHook: data sample (img_path='
-                               f'{meta.get("img_path")!r}) has no metainfo {key!r}')
+        meta = require_metainfo(sample, ('img_path', 'question', 'pred_text'),
+                                'PixelLMVisualizationHook')
         image = Image.open(meta['img_path'])
         pred = MaskOverlayHook._masks(sample)
         if pred.size == 0:

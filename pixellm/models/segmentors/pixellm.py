@@ -419,10 +419,14 @@ class PixelLM(BaseModel):
         aligned_ids = torch.cat([last_ids[:, None], gen], 1)
         return gen, torch.stack(states, 1), aligned_ids, dec_feats, valid_hw
 
-    def predict(self, inputs: torch.Tensor,
-                data_samples: List[PixelLMDataSample]) -> List[PixelLMDataSample]:
-        """Generate each answer, decode one mask per target it writes, fill ``pred_instances``."""
-        gen, states, aligned, dec_feats, valid_hw = self.generate(inputs, data_samples)
+    def predict(self, inputs: torch.Tensor, data_samples: List[PixelLMDataSample],
+                max_new_tokens: Optional[int] = None) -> List[PixelLMDataSample]:
+        """Generate each answer, decode one mask per target it writes, fill ``pred_instances``.
+
+        ``max_new_tokens`` overrides the model's generation budget for this call.
+        """
+        gen, states, aligned, dec_feats, valid_hw = self.generate(inputs, data_samples,
+                                                                  max_new_tokens)
         # Tokens after EOS are padding; they must not be read as targets.
         after_eos = (gen == self.eos_token_id).long().cumsum(1) > 0
         clean = aligned.clone()
