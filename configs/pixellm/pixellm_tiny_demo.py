@@ -25,7 +25,12 @@ model.update(  # noqa: F405
     # A random-init LLM's codebook states share one dominant, target-independent part; without
     # these two options the decoder settles on a prompt-independent "all objects" mask (see
     # PixelDecoder's docstring). Pretrained LLaVA (the 7B/13B recipes) does not need them.
-    pixel_decoder=dict(model['pixel_decoder'], state_norm='batch', prompt_scale=8.0))  # noqa: F405
+    pixel_decoder=dict(model['pixel_decoder'], state_norm='batch', prompt_scale=8.0),  # noqa: F405
+    # Not in the paper either: the random-init LLM has no reason of its own to carry a target's
+    # words ("the red circle") into the states of its codebook tokens, which then look alike for
+    # every target. This auxiliary head makes each codebook state predict the words written just
+    # before it, from the answer text alone (see CodebookContextLoss).
+    loss_context=dict(type='CodebookContextLoss', window=4, loss_weight=1.0))
 
 train_pipeline = [
     dict(type='LoadImageFromFile'),

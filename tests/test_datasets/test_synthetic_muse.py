@@ -102,6 +102,24 @@ def test_answers_match_the_pixels(small_dataset):
                 assert {t['id'] for t in targets} <= ids
 
 
+def test_answers_list_their_targets_left_to_right(small_dataset):
+    """An answer's targets, and the names before its {seg}s, go left to right in the image."""
+    checked = 0
+    for key in ('train_ann', 'val_ann'):
+        for r in load(small_dataset[key]):
+            for i, targets in enumerate(r['answers']):
+                # bbox centres: every shape is symmetric about its vertical axis.
+                xs = [t['bbox'][0] + t['bbox'][2] / 2 for t in targets]
+                assert all(b >= a - 1.0 for a, b in zip(xs, xs[1:])), (r['file_name'], xs)
+                if 'text_answers' in r:
+                    text = r['text_answers'][i]
+                    where = [text.index(f"{t['rephrased_name']} {SEG_PLACEHOLDER}")
+                             for t in targets]
+                    assert where == sorted(where), (r['file_name'], text)
+                checked += len(targets) > 1
+    assert checked >= 10
+
+
 def test_generated_data_loads_and_runs_through_the_pipeline(small_dataset):
     pipeline = [dict(type='LoadImageFromFile'), dict(type='SampleQuestion'),
                 dict(type='DecodeTargetMasks'), dict(type='BuildMuseConversation'),
@@ -148,6 +166,20 @@ def test_other_arguments_need_overwrite(tmp_path):
     assert not paths['reused'] and len(load(paths['train_ann'])) == 3
     assert sorted(os.listdir(paths['img_dir'])) == ['train_000000.png', 'train_000001.png',
                                                     'train_000002.png', 'val_000000.png']
+
+
+def test_output_of_an_older_generator_is_replaced(tmp_path):
+    out = str(tmp_path / 'd')
+    first = generate_muse_scenes(out, num_train=2, num_val=1)
+    with open(first['marker']) as f:
+        marker = json.load(f)
+    with open(first['marker'], 'w') as f:
+        json.dump(dict(marker, version=marker['version'] - 1), f)
+    with open(first['train_ann'], 'w') as f:
+        json.dump([], f)  # what the old generator wrote differs from today's output
+    again = generate_muse_scenes(out, num_train=2, num_val=1)
+    assert not again['reused'] and len(load(again['train_ann'])) == 2
+    assert load(again['marker']) == marker
 
 
 def test_interrupted_output_never_looks_complete(tmp_path, monkeypatch):

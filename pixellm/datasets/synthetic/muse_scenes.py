@@ -19,7 +19,7 @@ from pycocotools import mask as mask_utils
 from pixellm.datasets.transforms.conversation import join_items
 
 # Bump when the output for a given seed changes, so an old dataset on disk is not reused.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: objects (and so each answer's targets) go left to right
 MARKER_NAME = '.muse_demo_complete.json'
 
 # Six colours far apart in RGB, with the names the questions use.
@@ -276,6 +276,9 @@ def _make_scene(rng: np.random.Generator, height: int, width: int, image_id: int
         objs = _place_objects(rng, height, width)
         if len(objs) >= 2:
             break
+    # Left to right, so every answer lists its targets in an order the image shows (the metric
+    # pairs the answer's k-th target with the k-th mask; placement order would be unlearnable).
+    objs.sort(key=lambda o: (o['centre'][0], o['centre'][1]))
     img = _background(rng, height, width)
     ann_list = []
     for k, obj in enumerate(objs):
@@ -400,7 +403,8 @@ def generate_muse_scenes(out_dir: str,
 
     The output depends only on the arguments (image ``i`` of a split depends only on ``seed``, the
     split and ``i``). A complete dataset written with the same arguments (marker, both json files
-    and every image present) is reused; json files are
+    and every image present) is reused; one written by an older generator version with the same
+    arguments is replaced; json files are
     written through a temporary file and ``os.replace``, and a completion marker is written last,
     so an interrupted run is never taken for a complete one. The defaults take about 10 s on one
     CPU core (see the report of ``tools/misc/generate_demo_data.py``).
@@ -443,7 +447,10 @@ def generate_muse_scenes(out_dir: str,
             existing = json.load(f)
         if existing == params and _outputs_present(paths, num_train, num_val):
             return dict(paths, reused=True)
-        if existing != params:
+        # Written by an older generator with the same arguments: outdated, so replaced.
+        same_request = {k: v for k, v in existing.items() if k != 'version'} == \
+            {k: v for k, v in params.items() if k != 'version'}
+        if existing != params and not same_request:
             raise FileExistsError(
                 f'{out_dir} holds a synthetic MUSE dataset generated with {existing}, not '
                 f'{params}; pass overwrite=True (--overwrite) to replace it')

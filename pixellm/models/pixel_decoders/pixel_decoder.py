@@ -42,7 +42,9 @@ class PixelDecoder(BaseModule):
     ``state_norm='batch'`` standardises each codebook slot's hidden state over the targets of the
     batch (a ``BatchNorm1d`` without affine terms, running statistics at test time), which removes
     that shared part; ``prompt_scale`` multiplies the prompts so that they weigh like the learned
-    SAM tokens beside them. With pretrained LLaVA weights neither is needed.
+    SAM tokens beside them. With pretrained LLaVA weights neither is needed. The demo also
+    trains with ``CodebookContextLoss`` (``PixelLM(loss_context=...)``), which makes the LLM carry
+    each target's words into those states in the first place.
 
     Args:
         in_channels (int): Width of the codebook hidden states (the LLM width).

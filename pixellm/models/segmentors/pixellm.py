@@ -50,6 +50,10 @@ class PixelLM(BaseModel):
         loss_lm (dict): Text loss, e.g. ``LMCrossEntropyLoss``.
         loss_mask (dict): Pixel loss, ``MaskBCELoss`` or ``TargetRefinementLoss``.
         loss_dice (dict): ``MaskDiceLoss``.
+        loss_context (dict, optional): An auxiliary loss on the codebook states, such as
+            ``CodebookContextLoss`` (not in the paper; for an LLM trained from random weights,
+            as in the offline demo). ``in_channels`` and ``vocab_size`` are filled in. None
+            (default) trains with the paper's losses only.
         mask_projector (dict, optional): Projector of the decoder's features
             (``out_mm_projector``); used when ``separate_mm_projector``.
         separate_mm_projector (bool): Give the decoder its own projector (PixelLM-7B/13B). With
@@ -83,6 +87,7 @@ class PixelLM(BaseModel):
                  loss_lm: Optional[Dict] = None,
                  loss_mask: Optional[Dict] = None,
                  loss_dice: Optional[Dict] = None,
+                 loss_context: Optional[Dict] = None,
                  mask_projector: Optional[Dict] = None,
                  separate_mm_projector: bool = True,
                  llm_image_grid: Optional[int] = 16,
@@ -152,6 +157,8 @@ class PixelLM(BaseModel):
         self.loss_lm = MODELS.build(loss_lm)
         self.loss_mask = MODELS.build(loss_mask)
         self.loss_dice = MODELS.build(loss_dice)
+        self.loss_context = None if loss_context is None else MODELS.build(
+            _fill(loss_context, in_channels=hidden, vocab_size=len(self.tokenizer)))
         self.llm_image_grid = llm_image_grid or encoder.grid_size
         self.mask_padded_image_tokens = mask_padded_image_tokens
         self.use_im_start_end = use_im_start_end
@@ -202,7 +209,7 @@ class PixelLM(BaseModel):
         return [tuple(s.metainfo.get('img_shape', (size, size))) for s in data_samples]
 
     def encode_images(self, images: torch.Tensor, valid_hw: Sequence[Tuple[int, int]]):
-        """Return ``(llm_tokens (B, g'², H), llm_token_mask (B, g'²), decoder_feats [(B, g², C)])``."""
+        """Return ``(llm_tokens (B, g'², H), llm_token_mask (B, g'²), dec_feats [(B, g², C)])``."""
         feats = self.vision_encoder(images, valid_hw)
         g = self.vision_encoder.grid_size
         select = feats[0]
@@ -252,10 +259,10 @@ class PixelLM(BaseModel):
                          left_pad: bool = False):
         embs, exp_ids, masks, labs = [], [], [], []
         for i, ids in enumerate(ids_list):
-            e, x, m, l = self._splice(ids.to(image_tokens.device), image_tokens[i], image_mask[i],
-                                      None if labels_list is None
-                                      else labels_list[i].to(image_tokens.device))
-            embs.append(e), exp_ids.append(x), masks.append(m), labs.append(l)
+            e, x, m, lab = self._splice(ids.to(image_tokens.device), image_tokens[i],
+                                        image_mask[i], None if labels_list is None
+                                        else labels_list[i].to(image_tokens.device))
+            embs.append(e), exp_ids.append(x), masks.append(m), labs.append(lab)
         length = max(len(x) for x in exp_ids)
         hidden = embs[0].shape[-1]
         b = len(ids_list)
@@ -338,11 +345,13 @@ class PixelLM(BaseModel):
         emb, ids, mask, labels = self._batch_sequences([s.input_ids for s in data_samples],
                                                        llm_tokens, token_mask, labels)
         out = self.llm(emb, attention_mask=mask, position_ids=self._position_ids(mask))
-        states = self.codebook.gather(out['hidden'], ids, strict=True)
+        positions = self.codebook.find_targets(ids, strict=True)
+        states = self.codebook.gather(out['hidden'], ids, positions)
         low_res = self._decode_masks(states, dec_feats)
         masks = [self.pixel_decoder.postprocess(m, hw, tuple(s.metainfo['ori_shape']))
                  for m, hw, s in zip(low_res, valid_hw, data_samples)]
-        return dict(logits=out['logits'], labels=labels, mask_logits=masks, low_res=low_res)
+        return dict(logits=out['logits'], labels=labels, mask_logits=masks, low_res=low_res,
+                    input_ids=ids, codebook_positions=positions, codebook_states=states)
 
     def loss(self, inputs: torch.Tensor, data_samples: List[PixelLMDataSample]) -> Dict:
         """Teacher-forced text and mask losses, as separate terms."""
@@ -361,6 +370,13 @@ class PixelLM(BaseModel):
         losses[self.loss_lm.loss_name] = self.loss_lm(out['logits'], out['labels'])
         losses[self.loss_mask.loss_name] = self.loss_mask(out['mask_logits'], gts)
         losses[self.loss_dice.loss_name] = self.loss_dice(out['mask_logits'], gts)
+        if self.loss_context is not None:
+            # Context is text only: never a codebook token (of an earlier target) or padding.
+            ignore = torch.tensor(list(self.codebook.token_ids) + [self.pad_token_id],
+                                  device=out['input_ids'].device)
+            losses[self.loss_context.loss_name] = self.loss_context(
+                out['codebook_states'], out['input_ids'],
+                [p[:, 0] for p in out['codebook_positions']], ignore)
         return losses
 
     @torch.no_grad()
