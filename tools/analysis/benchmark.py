@@ -231,6 +231,20 @@ def pixel_decoder_flops(model, num_targets: int, batch: int,
                 decoder_upscale=up * num_targets * m, decoder_pe=pe)
 
 
+def codebook_context_flops(model, num_targets: int) -> Dict[str, float]:
+    """FLOPs of the auxiliary context head (``PixelLM.loss_context``) in one training step:
+    one ``Linear`` on every codebook state; the states take a gradient. ``predict`` never runs
+    it. Empty when the model has no such loss."""
+    loss = getattr(model, 'loss_context', None)
+    if loss is None:
+        return {}
+    dec = model.pixel_decoder
+    rows = num_targets * dec.num_scales * dec.tokens_per_scale
+    head = loss.head
+    return dict(context_head=2.0 * rows * head.in_features * head.out_features *
+                _mult(True, head.weight.requires_grad, True))
+
+
 def train_step_flops(model, batch: int, seq_len: int, num_targets: int) -> Dict[str, float]:
     """Analytic FLOPs of one training step (fwd+bwd) on ``batch`` sequences of ``seq_len``
     tokens (image tokens included) with ``num_targets`` targets in all."""
@@ -239,6 +253,7 @@ def train_step_flops(model, batch: int, seq_len: int, num_targets: int) -> Dict[
     out.update(projector_flops(model, batch, True))
     out.update(llm_flops(model, seq_len, seq_len, batch, True))
     out.update(pixel_decoder_flops(model, num_targets, batch, True))
+    out.update(codebook_context_flops(model, num_targets))
     return out
 
 
