@@ -180,6 +180,11 @@ def test_output_of_an_older_generator_is_replaced(tmp_path):
     again = generate_muse_scenes(out, num_train=2, num_val=1)
     assert not again['reused'] and len(load(again['train_ann'])) == 2
     assert load(again['marker']) == marker
+    # Another version with other arguments is still the user's data: not replaced silently.
+    with open(first['marker'], 'w') as f:
+        json.dump(dict(marker, version=marker['version'] - 1), f)
+    with pytest.raises(FileExistsError, match='overwrite'):
+        generate_muse_scenes(out, num_train=3, num_val=1)
 
 
 def test_interrupted_output_never_looks_complete(tmp_path, monkeypatch):

@@ -403,7 +403,7 @@ def generate_muse_scenes(out_dir: str,
 
     The output depends only on the arguments (image ``i`` of a split depends only on ``seed``, the
     split and ``i``). A complete dataset written with the same arguments (marker, both json files
-    and every image present) is reused; one written by an older generator version with the same
+    and every image present) is reused; one written by another generator version with the same
     arguments is replaced; json files are
     written through a temporary file and ``os.replace``, and a completion marker is written last,
     so an interrupted run is never taken for a complete one. The defaults take about 10 s on one
@@ -447,7 +447,7 @@ def generate_muse_scenes(out_dir: str,
             existing = json.load(f)
         if existing == params and _outputs_present(paths, num_train, num_val):
             return dict(paths, reused=True)
-        # Written by an older generator with the same arguments: outdated, so replaced.
+        # Written by another generator version with the same arguments: replaced.
         same_request = {k: v for k, v in existing.items() if k != 'version'} == \
             {k: v for k, v in params.items() if k != 'version'}
         if existing != params and not same_request:

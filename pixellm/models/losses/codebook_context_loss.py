@@ -9,7 +9,12 @@ them; only the mask loss can teach the LLM to carry the target into the states, 
 signal while the decoder ignores them. This loss gives that signal from the text alone: a linear
 head on every codebook state predicts each of the ``window`` tokens written just before the
 target's codebook tokens (a bag of words, so order does not matter). No label beyond the answer
-text is used, and inference does not run the head.
+text is used, and inference does not run the head (its weights are in the checkpoints, so a
+checkpoint loads with the ``loss_context`` it was trained with).
+
+The window counts tokens, whatever they are: with the shipped tiny tokenizer, "the red circle
+[SEG0] ..." puts a space token before ``[SEG0]``, so the 4 context tokens are the space,
+"circle", "red" and "the"; the space and "the" are the same for every target.
 """
 from typing import Optional, Sequence
 
@@ -100,11 +105,12 @@ class CodebookContextLoss(nn.Module):
             flat.append(seq_states.reshape(n, scales * tokens, width))
             context.append(preceding_tokens(ids, first, self.window, ignore_ids))
         x, ctx = torch.cat(flat), torch.cat(context)
-        # The head runs on every call, also on zero rows, so every rank makes the same calls.
+        # The head runs on every call, also on zero rows, so every rank makes the same calls;
+        # its output (even empty) ties the zero below to the head's weight and bias.
         log_probs = F.log_softmax(self.head(x.to(self.head.weight.dtype)).float(), dim=-1)
         valid = ctx >= 0
         if not bool(valid.any()):
-            return log_probs.sum() * 0.0 + sum(p.sum() for p in self.head.parameters()) * 0.0
+            return log_probs.sum() * 0.0
         # (N, slots, V) gathered at the (N, window) context ids -> (N, slots, window).
         index = ctx.clamp(min=0)[:, None, :].expand(-1, log_probs.shape[1], -1)
         picked = log_probs.gather(-1, index)
