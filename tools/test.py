@@ -87,6 +87,9 @@ def main(argv=None) -> dict:
     # As in tools/train.py: without an explicit teardown, gloo's communication threads can abort
     # a finished distributed test at exit (SIGABRT).
     if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Every rank first waits for the others (rank 0 may still be writing results): a rank
+        # that tears its group down while a peer still uses it aborts (seen in a 2-rank test).
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return metrics
 

@@ -94,6 +94,9 @@ def main(argv=None) -> None:
     # gloo's and DeepSpeed's communication threads can abort the process (SIGABRT) after a
     # finished run.
     if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Every rank first waits for the others (rank 0 may still be writing results): a rank
+        # that tears its group down while a peer still uses it aborts (seen in a 2-rank test).
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
 
