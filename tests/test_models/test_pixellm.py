@@ -74,6 +74,32 @@ def test_predict_returns_one_mask_per_generated_target(num_targets):
     assert '</s>' not in out.pred_text
 
 
+def test_answer_cut_by_the_budget_is_marked_and_warned_once(monkeypatch):
+    from pixellm.models.segmentors import pixellm as pixellm_module
+    model = build_tiny().eval()
+    ids = model.tokenizer('They are ' + ' and '.join([model.codebook.target_text] * 2) + '.',
+                          add_special_tokens=False).input_ids
+    warnings = []
+    monkeypatch.setattr(pixellm_module, 'print_log', lambda msg, **kw: warnings.append(msg))
+
+    def predict(budget):
+        _script_generation(model, ids)
+        image, sample = make_sample(model, 1, ori=(37, 41))
+        data = model.data_preprocessor(dict(inputs=[image], data_samples=[sample]), False)
+        return model.predict(data['inputs'], data['data_samples'], max_new_tokens=budget)[0]
+
+    whole = predict(len(ids) + 1)  # room for the answer and its EOS
+    assert not whole.pred_truncated and whole.pred_instances.masks.shape[0] == 2
+    assert warnings == []
+    # Cut inside the second target's codebook tokens: one mask, marked, warned.
+    cut = predict(len(ids) - 3)
+    assert cut.pred_truncated and cut.pred_instances.masks.shape[0] == 1
+    assert len(warnings) == 1 and f'({len(ids) - 3} new tokens)' in warnings[0]
+    assert 'model.max_new_tokens' in warnings[0]
+    predict(len(ids) - 3)
+    assert len(warnings) == 1  # once per model
+
+
 def test_generation_matches_teacher_forcing_for_batched_prompts():
     """Greedy decoding with the cache picks the argmax of a full forward at every step."""
     model = build_tiny().eval()

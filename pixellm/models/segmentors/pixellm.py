@@ -1,9 +1,11 @@
 """PixelLM: an LLM that answers with text and any number of masks, assembled from config parts."""
 import copy
+import logging
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
+from mmengine.logging import print_log
 from mmengine.model import BaseModel
 from mmengine.structures import InstanceData
 
@@ -163,6 +165,7 @@ class PixelLM(BaseModel):
         self.mask_padded_image_tokens = mask_padded_image_tokens
         self.use_im_start_end = use_im_start_end
         self.max_new_tokens = max_new_tokens
+        self._warned_truncation = False
         self.sync_ranks = sync_ranks
         self._extend_vocabulary()
 
@@ -439,19 +442,32 @@ class PixelLM(BaseModel):
                 max_new_tokens: Optional[int] = None) -> List[PixelLMDataSample]:
         """Generate each answer, decode one mask per target it writes, fill ``pred_instances``.
 
-        ``max_new_tokens`` overrides the model's generation budget for this call.
+        ``max_new_tokens`` overrides the model's generation budget for this call. An answer
+        that used the whole budget without ending is marked ``pred_truncated`` (metainfo), and
+        the first such batch logs a warning: the targets it would have written after the cut
+        have no mask.
         """
         gen, states, aligned, dec_feats, valid_hw = self.generate(inputs, data_samples,
                                                                   max_new_tokens)
         # Tokens after EOS are padding; they must not be read as targets.
         after_eos = (gen == self.eos_token_id).long().cumsum(1) > 0
+        truncated = ~after_eos.any(1)
+        if truncated.any() and not self._warned_truncation:
+            self._warned_truncation = True
+            print_log(
+                f'{int(truncated.sum())} of {len(data_samples)} answers in this batch used the '
+                f'whole generation budget ({gen.shape[1]} new tokens) without ending; targets '
+                'after the cut get no mask. Raise model.max_new_tokens (e.g. --cfg-options '
+                'model.max_new_tokens=...) if answers are meant to be that long. (Warned once.)',
+                logger='current', level=logging.WARNING)
         clean = aligned.clone()
         clean[:, 1:][after_eos] = self.pad_token_id
         targets = self.codebook.gather(states, clean, strict=False)
         low_res = self._decode_masks(targets, dec_feats)
         for i, sample in enumerate(data_samples):
             ids = gen[i][~after_eos[i]].tolist()
-            sample.set_metainfo(dict(pred_text=self.tokenizer.decode(ids).strip()))
+            sample.set_metainfo(dict(pred_text=self.tokenizer.decode(ids).strip(),
+                                     pred_truncated=bool(truncated[i])))
             logits = self.pixel_decoder.postprocess(low_res[i], valid_hw[i],
                                                     tuple(sample.metainfo['ori_shape']))
             fg = logits > 0
