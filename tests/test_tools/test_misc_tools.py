@@ -87,3 +87,35 @@ def test_print_config_applies_options_and_saves(tmp_path, capsys):
     assert Config.fromfile(saved).train_cfg.max_iters == 7
     with pytest.raises(SystemExit, match='not found'):
         print_config.main([str(tmp_path / 'nope.py')])
+
+
+def test_trivial_baselines_score_with_every_metric_of_the_config(scenes):
+    from mmengine.config import Config
+
+    from tools.analysis.trivial_baselines import evaluate_baselines
+    cfg = Config.fromfile(DEMO_CFG)
+    dataset = dict(cfg.test_dataloader.dataset, data_root=scenes + '/')
+    results = evaluate_baselines(dataset, cfg.test_evaluator)
+    assert set(results) == {'empty', 'full', 'union_of_objects'}
+    # Independently: every target lies inside the union of all objects, so its IoU with that
+    # union is its area over the union's area, and its IoU with the full image is its share of it.
+    union_ious, full_ious = [], []
+    for record in json.load(open(osp.join(scenes, 'muse_val.json'))):
+        h, w = record['height'], record['width']
+        union = np.zeros((h, w), bool)
+        for ann in record['ann_list']:
+            union |= decode_segmentation(ann['segmentation'], h, w).astype(bool)
+        for answer in record['answers']:
+            for target in answer:
+                area = decode_segmentation(target['segmentation'], h, w).astype(bool).sum()
+                union_ious.append(area / union.sum())
+                full_ious.append(area / (h * w))
+    for prefix in ('', 'muse_protocol/'):  # the demo config's two metrics, the second prefixed
+        assert results['union_of_objects'][prefix + 'gIoU'] == pytest.approx(np.mean(union_ious))
+        assert results['full'][prefix + 'gIoU'] == pytest.approx(np.mean(full_ious))
+        assert results['empty'][prefix + 'gIoU'] == 0.0
+        assert results['union_of_objects'][prefix + 'num_targets'] == len(union_ious)
+    # One metric config (not a list) still works, without prefixes.
+    single = evaluate_baselines(dataset, dict(type='ReasonSegMetric'))
+    assert 'muse_protocol/gIoU' not in single['full']
+    assert single['full']['gIoU'] == pytest.approx(np.mean(full_ious))

@@ -27,12 +27,19 @@ def trivial_predictions(info, gt_masks):
 
 
 def evaluate_baselines(dataset_cfg, metric_cfg=None):
-    """Return ``{predictor: metrics}`` over every question of ``dataset_cfg``."""
+    """Return ``{predictor: metrics}`` over every question of ``dataset_cfg``.
+
+    ``metric_cfg`` is one metric config or a list of them (a config's ``test_evaluator``); the
+    keys of a metric with a ``prefix`` are written ``prefix/key``, as the runner writes them.
+    """
     import numpy as np
     import torch
 
     from pixellm.datasets.transforms.loading import decode_segmentation
     from pixellm.registry import DATASETS, METRICS
+    metric_cfgs = metric_cfg or dict(type='ReasonSegMetric')
+    if not isinstance(metric_cfgs, (list, tuple)):
+        metric_cfgs = [metric_cfgs]
     cfg = dict(dataset_cfg)
     cfg['pipeline'] = []
     cfg['test_mode'] = True
@@ -46,11 +53,19 @@ def evaluate_baselines(dataset_cfg, metric_cfg=None):
                        for t in info['answers'][q]])
         for name, pred in trivial_predictions(info, gt).items():
             if name not in metrics:
-                metrics[name] = METRICS.build(metric_cfg or dict(type='ReasonSegMetric'))
+                metrics[name] = [METRICS.build(c) for c in metric_cfgs]
             sample = dict(gt_instances=dict(masks=torch.from_numpy(gt)),
                           pred_instances=dict(masks=torch.from_numpy(pred)))
-            metrics[name].process({}, [sample])
-    return {name: m.compute_metrics(m.results) for name, m in metrics.items()}
+            for metric in metrics[name]:
+                metric.process({}, [sample])
+    results = {}
+    for name, built in metrics.items():
+        results[name] = {}
+        for metric in built:
+            prefix = f'{metric.prefix}/' if metric.prefix else ''
+            results[name].update({prefix + k: v
+                                  for k, v in metric.compute_metrics(metric.results).items()})
+    return results
 
 
 def main():

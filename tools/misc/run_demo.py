@@ -52,18 +52,27 @@ def main():
     rows = [('PixelLM-tiny (trained here)', model)]
     rows += [(f'trivial: {name}' + (' (best)' if name == best else ''), res)
              for name, res in baselines.items()]
-    print('\n' + '=' * 64)
-    print(f'{"MUSE-format demo val split":<40}{"gIoU":>10}{"cIoU":>10}')
+    # The demo config scores twice: answer order, and the official MUSE protocol (prefixed).
+    muse = 'muse_protocol/'
+    columns = [('gIoU', 'gIoU'), ('cIoU', 'cIoU')]
+    if muse + 'gIoU' in model:
+        columns += [(muse + 'gIoU', 'MUSE gIoU'), (muse + 'cIoU', 'MUSE cIoU')]
+    width = 40 + 11 * len(columns)
+    print('\n' + '=' * width)
+    print(f'{"MUSE-format demo val split":<40}' + ''.join(f'{t:>11}' for _, t in columns))
     for name, res in rows:
-        print(f'{name:<40}{res["gIoU"]:>10.4f}{res["cIoU"]:>10.4f}')
-    print('-' * 64)
+        print(f'{name:<40}' + ''.join(f'{res[k]:>11.4f}' for k, _ in columns))
+    if len(columns) > 2:
+        print('gIoU/cIoU: the k-th mask of the answer against the k-th target (answer order);')
+        print('MUSE: IoU-optimal matching, extra masks count as wrong targets (official MUSE eval)')
+    print('-' * width)
     for step, seconds in timings.items():
         print(f'{step + " time":<40}{seconds:>9.1f}s')
     print(f'{"total":<40}{sum(timings.values()):>9.1f}s')
     print(f'checkpoint: {checkpoint}')
     print(f'overlays:   {osp.join(REPO, overlays)}')
     print(f'metrics:    {osp.join(REPO, metrics_file)}')
-    print('=' * 64)
+    print('=' * width)
     verdict = 'beats' if model['gIoU'] > baselines[best]['gIoU'] else 'does NOT beat'
     print(f'verdict: the trained model {verdict} the best trivial predictor ({best}) on gIoU')
 
