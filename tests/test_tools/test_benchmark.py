@@ -27,7 +27,7 @@ def bench():
 def test_runs_both_modes_and_writes_json(bench, tmp_path):
     out = tmp_path / 'bench.json'
     bench.main([DEMO_CFG, '--mode', 'both', '--device', 'cpu', '--dtype', 'fp32', '--steps', '2',
-                '--warmup', '0', '--batch-size', '2', '--seq-len', '96', '--targets', '2',
+                '--warmup', '0', '--batch-size', '2', '--seq-len', '160', '--targets', '2',
                 '--new-tokens', '12', '--peak-size', '128', '--out', str(out)])
     result = json.loads(out.read_text())
     for key in ('config', 'device', 'device_name', 'dtype', 'peak_tflops', 'peak_matmul_size',
@@ -43,7 +43,7 @@ def test_runs_both_modes_and_writes_json(bench, tmp_path):
         assert run['steps'] == 2
         assert run['flops_per_step'] == pytest.approx(sum(run['flops_breakdown'].values()))
     train, infer = result['runs']
-    assert train['batch_size'] == 2 and train['seq_len'] == 96
+    assert train['batch_size'] == 2 and train['seq_len'] == 160
     assert train['flops_breakdown']['decoder_transformer'] > 0  # 2 targets x 2 samples decoded
     assert infer['new_tokens'] == 12 and infer['batch_size'] == 1
     assert infer['predicted_masks'] == 1  # 12 tokens fit one forced target (11 ids)
@@ -62,7 +62,7 @@ def _counted(fn):
                          ids=['frozen_clip_lora', 'all_trained'])
 def test_analytic_flops_match_flop_counter(bench, cfg_path):
     model = build_random_init(Config.fromfile(cfg_path).model)
-    batch, seq_len, targets = 2, 96, 2
+    batch, seq_len, targets = 2, 160, 2  # the demo LLM sees 64 image tokens
     images, samples = bench.synthetic_batch(model, batch, seq_len, targets)
     data = model.data_preprocessor(dict(inputs=images, data_samples=samples), True)
     model.train()
