@@ -1,4 +1,4 @@
-"""The data sample that carries one image-conversation pair through the pipeline, model and metrics."""
+"""The data sample that carries one image-conversation pair through pipeline, model and metrics."""
 from mmengine.structures import BaseDataElement, InstanceData
 
 
@@ -20,6 +20,8 @@ class PixelLMDataSample(BaseDataElement):
             one per target in answer order.
         pred_instances (InstanceData): ``masks`` ``(N, H, W)`` bool and ``scores`` ``(N,)``.
         pred_text (str, metainfo): the generated answer.
+        pred_truncated (bool, metainfo): the answer used the whole generation budget without
+            ending; targets it would have written after the cut have no mask.
     """
 
     @property

@@ -75,6 +75,8 @@ def answer_lines(result) -> List[str]:
     lines = [f'PixelLM: {result.text}'] + [f'  {line}' for line in result.target_lines()]
     if not result.num_targets:
         lines.append('  (no target in this answer)')
+    if result.truncated:
+        lines.append('  (the answer was cut by the generation budget; raise --max-new-tokens)')
     return lines
 
 

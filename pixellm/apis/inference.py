@@ -58,6 +58,8 @@ class InferenceResult:
         scores (np.ndarray): ``(N,)`` mean foreground probability of each mask.
         image (np.ndarray): The RGB image ``(H, W, 3)`` the masks belong to.
         img_path (str): The image file, or ``''`` for an in-memory image.
+        truncated (bool): The answer used the whole generation budget without ending, so targets
+            after the cut have no mask (raise ``max_new_tokens``).
     """
     question: str
     text: str
@@ -67,6 +69,7 @@ class InferenceResult:
     scores: np.ndarray
     image: np.ndarray
     img_path: str = ''
+    truncated: bool = False
     extra: Dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -360,4 +363,5 @@ def inference(model: torch.nn.Module, image: ImageInput, question: str,
         labels = [''] * len(masks)
     return InferenceResult(question=shown_question, text=text, raw_text=raw_text, labels=labels,
                            masks=masks, scores=sample.pred_instances.scores.float().numpy(),
-                           image=img, img_path=img_path)
+                           image=img, img_path=img_path,
+                           truncated=bool(sample.metainfo.get('pred_truncated', False)))

@@ -17,6 +17,7 @@ from pixellm.datasets.chat_templates import encode_prompt
 from pixellm.datasets.transforms.conversation import LONG_QUESTION_TEMPLATES
 from pixellm.models.export import CheckpointMismatchError
 from pixellm.registry import DATASETS
+from pixellm.utils.constants import IGNORE_INDEX
 from pixellm.visualization import render_prediction
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -113,12 +114,13 @@ def test_array_and_file_inputs_agree(trained_tiny, model):
     assert np.array_equal(from_file.masks, from_array.masks)
 
 
-# Measured on the 250-iteration model: worst teacher-forced logit error 0.066 (bf16) and 0.013
-# (fp16) over the 15 val answers, whose logits have a spread (std) of about 1.4; the bounds
-# leave about 2x room. Greedy decoding turns any error into another word where fp32's top two
-# logits are closer than that (margins down to 0.003 were measured), so whole answers are
-# compared only where they agree.
-HALF_LOGIT_TOLERANCE = {'bf16': 0.15, 'fp16': 0.04}
+# Measured on the 250-iteration fixture model, over the 15 val answers: worst teacher-forced
+# logit error 0.084 (bf16) and 0.026 (fp16), logits spread (std) about 1.6; two fixture trainings
+# of other configs gave 0.066 and 0.013. The bounds leave about 3x room; weights perturbed by
+# 0.02 give errors of 6.7 and more. Greedy decoding turns any error into another word where
+# fp32's top two logits are closer than that (margins down to 0.003 were measured), so whole
+# answers are compared only where they agree.
+HALF_LOGIT_TOLERANCE = {'bf16': 0.25, 'fp16': 0.08}
 
 
 def _iou(a, b) -> float:
@@ -141,24 +143,21 @@ def test_half_precision_computes_the_fp32_answers(trained_tiny, model, precision
     cfg = Config.fromfile(trained_tiny['config'])
     dataset = DATASETS.build(dict(cfg.test_dataloader.dataset,
                                   data_root=trained_tiny['data_root']))
-    # The ground-truth answers, teacher-forced through both: same logits up to rounding, so the
-    # same next token wherever fp32 is not within rounding of a tie, and the same masks.
-    decided = 0
+    # The ground-truth answers, teacher-forced through both: the same logits up to rounding at
+    # every position that predicts an answer token (logits at t predict the label at t + 1), and
+    # the same masks (smallest IoU measured: 0.916 and 0.985 in two fixture trainings).
     for index in range(len(dataset)):
         ref, ours = _teacher_forced(model, dataset, index), _teacher_forced(half, dataset, index)
         assert ours['logits'].dtype == dtype
-        answer = ref['labels'][0] != -100
-        ref_logits, our_logits = ref['logits'][0][answer], ours['logits'][0][answer].float()
+        predicts_answer = ref['labels'][0][1:] != IGNORE_INDEX
+        ref_logits = ref['logits'][0][:-1][predicts_answer]
+        our_logits = ours['logits'][0][:-1][predicts_answer].float()
+        assert len(ref_logits) > 0
         error = (ref_logits - our_logits).abs().max().item()
         assert error < tolerance, (index, error)
-        top2 = ref_logits.topk(2, -1).values
-        clear = top2[:, 0] - top2[:, 1] > 2 * tolerance
-        assert torch.equal(ref_logits[clear].argmax(-1), our_logits[clear].argmax(-1)), index
-        decided += int(clear.sum())
-        assert len(ours['mask_logits'][0]) == len(ref['mask_logits'][0]) > 0
+        assert len(ref['mask_logits'][0]) > 0
         for a, b in zip(ref['mask_logits'][0] > 0, ours['mask_logits'][0] > 0):
-            assert _iou(a, b) > 0.9, (index, _iou(a, b))
-    assert decided > 100  # most answer tokens are clear decisions, so the argmax check bites
+            assert _iou(a, b) > 0.8, (index, _iou(a, b))
     # End to end (greedy decoding): where the answer text agrees, so do the masks.
     same = 0
     for path, _, question in val_questions(trained_tiny['data_root']):
@@ -169,7 +168,21 @@ def test_half_precision_computes_the_fp32_answers(trained_tiny, model, precision
         same += 1
         for ours, ref in zip(result.masks, full.masks):
             assert _iou(ours, ref) > 0.8, (path, question, _iou(ours, ref))
-    assert same > 0
+    assert same > 0  # measured: 13 (bf16) and 15 (fp16) of the 15 answers equal fp32's
+
+
+def test_answer_cut_by_the_budget_is_reported(trained_tiny, model):
+    from conftest import load_tool
+    answer_lines = load_tool('chat').answer_lines
+    for path, _, question in val_questions(trained_tiny['data_root']):
+        whole = inference(model, path, question)
+        if whole.num_targets and not whole.truncated:
+            break
+    assert not any('generation budget' in line for line in answer_lines(whole))
+    cut = inference(model, path, question, max_new_tokens=2)
+    assert cut.truncated and cut.num_targets == 0  # 2 tokens cannot hold a codebook group
+    assert whole.raw_text.startswith(cut.raw_text)  # greedy: the cut answer is its beginning
+    assert any('generation budget' in line for line in answer_lines(cut))
 
 
 def test_bad_inputs_raise_one_clear_error(model, tmp_path):

@@ -1,4 +1,5 @@
-"""tools/misc/browse_dataset.py and tools/misc/print_config.py on the demo config."""
+"""tools/misc/browse_dataset.py, tools/misc/print_config.py and
+tools/analysis/trivial_baselines.py on the demo config."""
 import json
 import os
 import os.path as osp
@@ -119,3 +120,5 @@ def test_trivial_baselines_score_with_every_metric_of_the_config(scenes):
     single = evaluate_baselines(dataset, dict(type='ReasonSegMetric'))
     assert 'muse_protocol/gIoU' not in single['full']
     assert single['full']['gIoU'] == pytest.approx(np.mean(full_ious))
+    with pytest.raises(ValueError, match='different prefixes'):
+        evaluate_baselines(dataset, [dict(type='ReasonSegMetric')] * 2)

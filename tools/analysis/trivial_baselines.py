@@ -63,8 +63,13 @@ def evaluate_baselines(dataset_cfg, metric_cfg=None):
         results[name] = {}
         for metric in built:
             prefix = f'{metric.prefix}/' if metric.prefix else ''
-            results[name].update({prefix + k: v
-                                  for k, v in metric.compute_metrics(metric.results).items()})
+            scores = {prefix + k: v for k, v in metric.compute_metrics(metric.results).items()}
+            clash = sorted(set(scores) & set(results[name]))
+            if clash:
+                # mmengine's Evaluator refuses the same: one metric would hide the other.
+                raise ValueError(f'two metrics of the evaluator both report {clash}; give them '
+                                 'different prefixes')
+            results[name].update(scores)
     return results
 
 
@@ -81,7 +86,8 @@ def main():
     cfg = Config.fromfile(args.config)
     results = evaluate_baselines(cfg.test_dataloader.dataset, cfg.get('test_evaluator'))
     for name, res in results.items():
-        print(f'{name:<18} gIoU {res["gIoU"]:.4f}  cIoU {res["cIoU"]:.4f}')
+        scores = [f'{key} {res[key]:.4f}' for key in res if key.split('/')[-1] in ('gIoU', 'cIoU')]
+        print(f'{name:<18} ' + '  '.join(scores))
     if args.out:
         with open(args.out, 'w') as f:
             json.dump(results, f, indent=2)

@@ -445,7 +445,7 @@ class PixelLM(BaseModel):
         ``max_new_tokens`` overrides the model's generation budget for this call. An answer
         that used the whole budget without ending is marked ``pred_truncated`` (metainfo), and
         the first such batch logs a warning: the targets it would have written after the cut
-        have no mask.
+        have no mask (once per model instance; each rank logs its own).
         """
         gen, states, aligned, dec_feats, valid_hw = self.generate(inputs, data_samples,
                                                                   max_new_tokens)
@@ -455,10 +455,11 @@ class PixelLM(BaseModel):
         if truncated.any() and not self._warned_truncation:
             self._warned_truncation = True
             print_log(
-                f'{int(truncated.sum())} of {len(data_samples)} answers in this batch used the '
-                f'whole generation budget ({gen.shape[1]} new tokens) without ending; targets '
-                'after the cut get no mask. Raise model.max_new_tokens (e.g. --cfg-options '
-                'model.max_new_tokens=...) if answers are meant to be that long. (Warned once.)',
+                f'PixelLM.predict: {int(truncated.sum())} of {len(data_samples)} answers in this '
+                f'batch used the whole generation budget ({gen.shape[1]} new tokens) without '
+                'ending; targets after the cut get no mask. Raise model.max_new_tokens (e.g. '
+                '--cfg-options model.max_new_tokens=...) if answers are meant to be that long. '
+                '(Warned once.)',
                 logger='current', level=logging.WARNING)
         clean = aligned.clone()
         clean[:, 1:][after_eos] = self.pad_token_id
