@@ -12,13 +12,11 @@ import sys
 # Run from a checkout without installing: the repository root holds the pixellm package.
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-import torch  # noqa: E402
-
 from pixellm.engine.checkpoint import atomic_write_text  # noqa: E402
 from pixellm.models.export import CONFIG_FILE as EXPORT_CONFIG_FILE  # noqa: E402
 from pixellm.engine.runner_utils import (add_common_arguments, build_runner,  # noqa: E402
                                          check_data_or_exit, format_metrics, load_tool_config,
-                                         set_show_dir)
+                                         set_show_dir, shutdown_distributed)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -84,13 +82,7 @@ def main(argv=None) -> dict:
             atomic_write_text(json.dumps(
                 {k: (float(v) if isinstance(v, (int, float)) else v) for k, v in metrics.items()},
                 indent=2), args.out)
-    # As in tools/train.py: without an explicit teardown, gloo's communication threads can abort
-    # a finished distributed test at exit (SIGABRT).
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        # Every rank first waits for the others (rank 0 may still be writing results): a rank
-        # that tears its group down while a peer still uses it aborts (seen in a 2-rank test).
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    shutdown_distributed()
     return metrics
 
 

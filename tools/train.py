@@ -9,7 +9,6 @@ import argparse
 import os.path as osp
 import sys
 
-import torch
 from mmengine.logging import print_log
 
 # Run from a checkout without installing: the repository root holds the pixellm package.
@@ -18,7 +17,8 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 from pixellm.engine.runner_utils import (add_common_arguments, apply_amp,  # noqa: E402
                                          apply_deepspeed, apply_fsdp, apply_resume, apply_seed,
                                          build_runner, check_data_or_exit,
-                                         enable_resume_safety, load_tool_config)
+                                         enable_resume_safety, load_tool_config,
+                                         shutdown_distributed)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -90,14 +90,7 @@ def main(argv=None) -> None:
     for note in notes:
         print_log(f'tools/train.py: {note}', logger='current')
     runner.train()
-    # Tear the process group down before the interpreter exits: left to exit-time destructors,
-    # gloo's and DeepSpeed's communication threads can abort the process (SIGABRT) after a
-    # finished run.
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        # Every rank first waits for the others (rank 0 may still be writing results): a rank
-        # that tears its group down while a peer still uses it aborts (seen in a 2-rank test).
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    shutdown_distributed()
 
 
 if __name__ == '__main__':

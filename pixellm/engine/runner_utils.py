@@ -699,3 +699,17 @@ def prepare_cpu_distributed(cfg: Config) -> List[str]:
         cfg.model_wrapper_cfg = {**ddp, **(cfg.get('model_wrapper_cfg') or {}), 'device_ids': None}
         notes.append('model_wrapper_cfg.device_ids: None (CPU DDP)')
     return notes
+
+
+def shutdown_distributed() -> None:
+    """Tear the process group down, if any, after a finished run of ``tools/train.py`` or
+    ``tools/test.py``.
+
+    Left to exit-time destructors, gloo's and DeepSpeed's communication threads can abort a
+    finished run (SIGABRT). Every rank first waits for the others (rank 0 may still be writing
+    results): a rank that tears its group down while a peer still uses it aborts too (seen in a
+    2-rank test).
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
