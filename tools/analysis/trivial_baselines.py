@@ -30,10 +30,12 @@ def evaluate_baselines(dataset_cfg, metric_cfg=None):
     """Return ``{predictor: metrics}`` over every question of ``dataset_cfg``.
 
     ``metric_cfg`` is one metric config or a list of them (a config's ``test_evaluator``); the
-    keys of a metric with a ``prefix`` are written ``prefix/key``, as the runner writes them.
+    keys of a metric with a ``prefix`` are written ``prefix/key``, as the runner writes them, and
+    two metrics reporting the same key are refused (mmengine's ``Evaluator`` does both).
     """
     import numpy as np
     import torch
+    from mmengine.evaluator import Evaluator
 
     from pixellm.datasets.transforms.loading import decode_segmentation
     from pixellm.registry import DATASETS, METRICS
@@ -44,7 +46,9 @@ def evaluate_baselines(dataset_cfg, metric_cfg=None):
     cfg['pipeline'] = []
     cfg['test_mode'] = True
     dataset = DATASETS.build(cfg)
-    metrics = {}
+    # mmengine's Evaluator, as the runner uses it: prefixed keys, and an error when two metrics
+    # report the same key.
+    evaluators = {}
     for index in range(len(dataset)):
         info = dataset.get_data_info(index)
         q = info['question_index']
@@ -52,25 +56,11 @@ def evaluate_baselines(dataset_cfg, metric_cfg=None):
         gt = np.stack([decode_segmentation(t['segmentation'], h, w).astype(bool)
                        for t in info['answers'][q]])
         for name, pred in trivial_predictions(info, gt).items():
-            if name not in metrics:
-                metrics[name] = [METRICS.build(c) for c in metric_cfgs]
-            sample = dict(gt_instances=dict(masks=torch.from_numpy(gt)),
-                          pred_instances=dict(masks=torch.from_numpy(pred)))
-            for metric in metrics[name]:
-                metric.process({}, [sample])
-    results = {}
-    for name, built in metrics.items():
-        results[name] = {}
-        for metric in built:
-            prefix = f'{metric.prefix}/' if metric.prefix else ''
-            scores = {prefix + k: v for k, v in metric.compute_metrics(metric.results).items()}
-            clash = sorted(set(scores) & set(results[name]))
-            if clash:
-                # mmengine's Evaluator refuses the same: one metric would hide the other.
-                raise ValueError(f'two metrics of the evaluator both report {clash}; give them '
-                                 'different prefixes')
-            results[name].update(scores)
-    return results
+            if name not in evaluators:
+                evaluators[name] = Evaluator([METRICS.build(c) for c in metric_cfgs])
+            evaluators[name].process([dict(gt_instances=dict(masks=torch.from_numpy(gt)),
+                                           pred_instances=dict(masks=torch.from_numpy(pred)))])
+    return {name: evaluator.evaluate(len(dataset)) for name, evaluator in evaluators.items()}
 
 
 def main():
