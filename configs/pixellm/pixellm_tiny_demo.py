@@ -75,8 +75,9 @@ test_dataloader = dict(
     dataset=dict(type='MUSEDataset', data_root=data_root, ann_file='muse_val.json',
                  data_prefix=dict(img_path='images'), pipeline=test_pipeline, test_mode=True))
 # gIoU/cIoU twice: with the k-th mask of the answer scored against the k-th target (answers list
-# their targets left to right), and under the official MUSE protocol of the MUSE eval configs
-# (IoU-optimal matching; a mask beyond the targets counts as a wrong target), as muse_protocol/*.
+# their targets in reading order: by top edge, then left edge), and under the official MUSE
+# protocol of the MUSE eval configs (IoU-optimal matching; a mask beyond the targets counts as a
+# wrong target), as muse_protocol/*.
 test_evaluator = [
     dict(type='ReasonSegMetric'),
     dict(type='ReasonSegMetric', matching='hungarian', count_extra_preds=True,
@@ -90,9 +91,11 @@ train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters)
 val_cfg = None
 test_cfg = dict(type='TestLoop')
 
+# PyTorch's fused AdamW (one kernel over all weights; CPU support since torch 2.4): the per-weight
+# AdamW loop took 13-15 ms of a ~200 ms step on 2 cores, fused 4-5 ms.
 optim_wrapper = dict(
     type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=1e-3, betas=(0.9, 0.95), weight_decay=0.0),
+    optimizer=dict(type='AdamW', lr=1e-3, betas=(0.9, 0.95), weight_decay=0.0, fused=True),
     clip_grad=dict(max_norm=1.0))
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=100),
