@@ -20,7 +20,8 @@ from pixellm.datasets.transforms.conversation import join_items
 
 # Bump when the output for a given seed changes, so an old dataset on disk is not reused.
 # 2: each answer's targets went left to right. 3: they go in reading order (top edge, then left
-# edge); same scenes, questions and targets as version 2 for a seed, only their order changed.
+# edge); same scenes, question kinds and targets as version 2 for a seed, only their order (in
+# the answers and in the names of referring questions) changed.
 GENERATOR_VERSION = 3
 MARKER_NAME = '.muse_demo_complete.json'
 
