@@ -1,6 +1,9 @@
 # The offline demo: the tiny PixelLM trained on the generated MUSE-format dataset on a CPU.
-# `make demo` generates the data (tools/misc/generate_demo_data.py), trains with tools/train.py and
-# evaluates with tools/test.py. Same classes, pipeline and metric as the GPU recipes.
+# `make demo` generates the data (tools/misc/generate_demo_data.py), pre-trains the tiny CLIP tower
+# (stage 1, pixellm_tiny_demo_encoder.py), trains this config from it with tools/train.py
+# (--cfg-options model.vision_encoder.pretrained=work_dirs/pixellm_tiny_demo_encoder/vision_encoder;
+# without it the tower starts from random weights) and evaluates with tools/test.py. Same classes,
+# pipeline and metric as the GPU recipes.
 from mmengine.config import read_base
 
 with read_base():
@@ -18,8 +21,9 @@ tokenizer = dict(type='TinyTokenizer', model_max_length=512)
 model.update(  # noqa: F405
     codebook=codebook,
     tokenizer=tokenizer,
-    # The tiny CLIP and LLaMA have random weights, so the demo trains them whole; with real
-    # CLIP/LLaVA weights (the 7B/13B recipes) CLIP stays frozen and the LLM gets LoRA.
+    # The tiny LLaMA has random weights and the tiny CLIP at most stage 1's pre-training, so the
+    # demo trains them whole; with real CLIP/LLaVA weights (the 7B/13B recipes) CLIP stays frozen
+    # and the LLM gets LoRA.
     vision_encoder=dict(model['vision_encoder'], frozen=False),  # noqa: F405
     llm=dict(model['llm'], freeze=False, lora=None),  # noqa: F405
     # A random-init LLM's codebook states share one dominant, target-independent part; without

@@ -347,12 +347,21 @@ class MUSEDataset(BaseDataset):
                 kept_targets.append({k: inst[k] for k in _KEPT_INSTANCE_KEYS if k in inst})
             kept_answers.append(kept_targets)
 
+        has_ann_list = isinstance(record.get('ann_list'), list)
+        all_objects = record['ann_list'] if has_ann_list else []
+        kept_objects = [i for i, ann in enumerate(all_objects)
+                        if isinstance(ann, dict) and 'segmentation' in ann]
         return dict(img_path=img_path, img_path_field=img_path_field, img_id=record_id,
                     record_index=index,
                     ann_file=self.ann_file, height=height, width=width,
                     questions=list(questions), answers=kept_answers,
                     text_answers=list(text_answers),
-                    # Every object of the image (COCO ``ann_list``), for analysis tools such as
-                    # the union-of-all-objects baseline; not used by the pipeline.
-                    all_segmentations=[ann['segmentation'] for ann in record.get('ann_list', [])
-                                       if isinstance(ann, dict) and 'segmentation' in ann])
+                    # Every object of the image (COCO ``ann_list``), for the union-of-all-objects
+                    # baseline and for RenderSemanticMap (the demo's encoder pre-training); the
+                    # question pipeline does not read them. Checked where they are used.
+                    all_segmentations=[all_objects[i]['segmentation'] for i in kept_objects],
+                    # None without an ann_list list: RenderSemanticMap refuses such a record.
+                    all_category_ids=[all_objects[i].get('category_id') for i in kept_objects]
+                    if has_ann_list else None,
+                    all_ann_indices=kept_objects if has_ann_list else None,
+                    ann_list_size=len(all_objects))

@@ -87,3 +87,19 @@ def test_trained_tower_freezes_exactly_the_weights_that_never_run():
     assert trainable == with_grad
     assert any('.layers.2.' in n for n in trainable)
     assert not any('.layers.3.' in n or 'post_layernorm' in n for n in trainable)
+
+
+def test_a_checkpoint_loads_and_must_match_a_config_given_with_it(tmp_path):
+    torch.manual_seed(0)
+    clip = CLIPVisionModel(CLIPVisionConfig(**VCFG)).eval()
+    clip.save_pretrained(str(tmp_path))
+    enc = CLIPVisionEncoder(pretrained=str(tmp_path), vision_config=VCFG, select_layers=(-2,),
+                            mask_padding=False)
+    x = torch.randn(2, 3, 56, 56)
+    with torch.no_grad():
+        expected = clip(pixel_values=x, output_hidden_states=True).hidden_states[-2][:, 1:]
+        torch.testing.assert_close(enc(x)[0], expected)
+    with pytest.raises(ValueError, match='hidden_size=64 in the config but 32 in the checkpoint, '
+                       'patch_size=8 in the config but 14 in the checkpoint'):
+        CLIPVisionEncoder(pretrained=str(tmp_path), vision_config=dict(VCFG, hidden_size=64,
+                                                                        patch_size=8))

@@ -1,9 +1,12 @@
 """The offline demo behind ``make demo``: data, training, evaluation, overlays and baselines.
 
 Each step runs the user-facing tool in a subprocess, exactly as a user would type it:
-``generate_demo_data.py`` (skipped when the dataset is complete), ``tools/train.py``,
-``tools/test.py --show-dir`` and ``tools/analysis/trivial_baselines.py``. It ends with the model's
-gIoU/cIoU next to the trivial predictors and the time each step took.
+``generate_demo_data.py`` (skipped when the dataset is complete), ``tools/train.py`` twice (stage
+1 pre-trains the tiny CLIP tower on the training images' semantic maps,
+``pixellm_tiny_demo_encoder.py``; stage 2 trains PixelLM from that tower, ``pixellm_tiny_demo.py``
+with ``model.vision_encoder.pretrained`` set), ``tools/test.py --show-dir`` and
+``tools/analysis/trivial_baselines.py``. It ends with the model's gIoU/cIoU next to the trivial
+predictors and the time each step took.
 """
 import argparse
 import json
@@ -15,6 +18,7 @@ import time
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CONFIG = 'configs/pixellm/pixellm_tiny_demo.py'
+ENCODER_CONFIG = 'configs/pixellm/pixellm_tiny_demo_encoder.py'
 
 
 def run(step, cmd, timings):
@@ -29,12 +33,24 @@ def main():
     parser.add_argument('--config', default=CONFIG)
     parser.add_argument('--data', default='data/muse_demo')
     parser.add_argument('--work-dir', default='work_dirs/pixellm_tiny_demo')
+    parser.add_argument('--encoder-config', default=ENCODER_CONFIG,
+                        help='stage 1: the vision tower pre-training config')
+    parser.add_argument('--encoder-work-dir', default='work_dirs/pixellm_tiny_demo_encoder')
     args = parser.parse_args()
     py = sys.executable
     work_dir = args.work_dir
     timings = {}
     run('data', [py, 'tools/misc/generate_demo_data.py', '--out', args.data], timings)
-    run('train', [py, 'tools/train.py', args.config, '--work-dir', work_dir], timings)
+    run('encoder', [py, 'tools/train.py', args.encoder_config, '--work-dir',
+                    args.encoder_work_dir], timings)
+    # Written by the stage-1 config's SaveVisionEncoderHook; absolute, as stage 2's saved config
+    # keeps it.
+    encoder = osp.join(REPO, args.encoder_work_dir, 'vision_encoder')
+    if not osp.isfile(osp.join(encoder, 'config.json')):
+        sys.exit(f'stage 1 wrote no vision tower at {encoder} (its config sets '
+                 'SaveVisionEncoderHook.out_dir); stage 2 needs it')
+    run('train', [py, 'tools/train.py', args.config, '--work-dir', work_dir, '--cfg-options',
+                  f'model.vision_encoder.pretrained={encoder}'], timings)
     with open(osp.join(REPO, work_dir, 'last_checkpoint')) as f:
         checkpoint = f.read().strip()
     metrics_file = osp.join(work_dir, 'test_metrics.json')
@@ -69,6 +85,7 @@ def main():
     for step, seconds in timings.items():
         print(f'{step + " time":<40}{seconds:>9.1f}s')
     print(f'{"total":<40}{sum(timings.values()):>9.1f}s')
+    print(f'encoder:    {encoder} (stage 1)')
     print(f'checkpoint: {checkpoint}')
     print(f'overlays:   {osp.join(REPO, overlays)}')
     print(f'metrics:    {osp.join(REPO, metrics_file)}')

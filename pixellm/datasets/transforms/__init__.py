@@ -3,14 +3,15 @@ from .conversation import (BuildMuseConversation, ExpandSegTokens, SampleQuestio
                            TokenizeConversation)
 from .formatting import PackPixelLMInputs
 from .geometric import ResizeLongestSide
-from .loading import DecodeTargetMasks, LoadImageFromFile
+from .loading import DecodeTargetMasks, LoadImageFromFile, RenderSemanticMap
 from .refer_conversation import (BuildReferConversation, ChooseExplanatoryAnswer,
                                  SampleReferPhrases)
 from .sem_seg_sampling import SampleSemSegTargets
 from .vqa_conversation import BuildVQAConversation
 
 __all__ = [
-    'LoadImageFromFile', 'DecodeTargetMasks', 'SampleQuestion', 'SampleReferPhrases',
+    'LoadImageFromFile', 'DecodeTargetMasks', 'RenderSemanticMap', 'SampleQuestion',
+    'SampleReferPhrases',
     'SampleSemSegTargets', 'ChooseExplanatoryAnswer', 'BuildMuseConversation',
     'BuildReferConversation', 'BuildVQAConversation', 'ExpandSegTokens', 'TokenizeConversation',
     'ResizeLongestSide', 'PackPixelLMInputs'

@@ -4,7 +4,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from mmcv.transforms import BaseTransform
-from mmengine.structures import InstanceData
+from mmengine.structures import InstanceData, PixelData
 
 from pixellm.registry import TRANSFORMS
 from pixellm.structures import PixelLMDataSample
@@ -23,8 +23,9 @@ class PackPixelLMInputs(BaseTransform):
     ``inputs`` is the ``uint8`` image as a ``(3, h, w)`` tensor (resized, not padded, not
     normalised); the data sample holds the metainfo keys, the token fields (``input_ids``,
     ``labels``, ``prompt_ids``, when tokenized), ``gt_instances.masks`` (bool ``(N, H, W)`` at
-    the original resolution, when decoded) and ``gt_ignore`` (bool ``(H, W)``, pixels left out of
-    evaluation, when the record has them). The output collates with mmengine's
+    the original resolution, when decoded), ``gt_sem_seg.data`` (int64 ``(1, H, W)`` label map at
+    the original resolution, from ``RenderSemanticMap``) and ``gt_ignore`` (bool ``(H, W)``,
+    pixels left out of evaluation, when the record has them). The output collates with mmengine's
     ``pseudo_collate``.
 
     Args:
@@ -79,6 +80,9 @@ class PackPixelLMInputs(BaseTransform):
         if 'gt_masks' in results:
             data_sample.gt_instances = InstanceData(
                 masks=torch.from_numpy(np.ascontiguousarray(results['gt_masks'], dtype=bool)))
+        if 'gt_seg_map' in results:
+            data_sample.gt_sem_seg = PixelData(data=torch.from_numpy(
+                np.ascontiguousarray(results['gt_seg_map'])[None].astype(np.int64)))
         if 'gt_ignore' in results:
             data_sample.gt_ignore = torch.from_numpy(
                 np.ascontiguousarray(results['gt_ignore'], dtype=bool))

@@ -1,3 +1,4 @@
+from .encoder_pretrainer import VisionEncoderPretrainer
 from .pixellm import PixelLM
 
-__all__ = ['PixelLM']
+__all__ = ['PixelLM', 'VisionEncoderPretrainer']

@@ -52,8 +52,9 @@ class CLIPVisionEncoder(BaseModule):
 
     Args:
         pretrained (str, optional): Checkpoint name or path for ``CLIPVisionModel.from_pretrained``.
-        vision_config (dict, optional): ``CLIPVisionConfig`` kwargs, used when ``pretrained`` is
-            None (and to override checkpoint config fields otherwise is not supported).
+        vision_config (dict, optional): ``CLIPVisionConfig`` kwargs for a random tower when
+            ``pretrained`` is None. Given with ``pretrained``, it is a check: every field must
+            equal the checkpoint's (``ValueError`` otherwise); it overrides nothing.
         image_size (int, optional): Input size after resizing the tower (PixelLM:
             ``--resize_vision_tower_size=448``). Position embeddings are bilinearly interpolated.
             Defaults to the checkpoint's size.
@@ -86,6 +87,17 @@ class CLIPVisionEncoder(BaseModule):
         if pretrained is not None:
             dtype = getattr(torch, torch_dtype) if isinstance(torch_dtype, str) else torch_dtype
             model = CLIPVisionModel.from_pretrained(pretrained, dtype=dtype)
+            # A config given next to a checkpoint describes the tower the caller expects (the 7B
+            # recipe gives ViT-L/14-336's, the demo's stage 2 the tower stage 1 trained): it
+            # must agree, not be silently ignored.
+            differ = {k: (v, getattr(model.config, k, None))
+                      for k, v in (vision_config or {}).items()
+                      if getattr(model.config, k, None) != v}
+            if differ:
+                raise ValueError(
+                    f'the checkpoint {pretrained!r} does not match vision_config: ' + ', '.join(
+                        f'{k}={want!r} in the config but {got!r} in the checkpoint'
+                        for k, (want, got) in differ.items()))
         elif vision_config is not None:
             model = CLIPVisionModel(CLIPVisionConfig(**vision_config))
         else:
@@ -155,6 +167,29 @@ class CLIPVisionEncoder(BaseModule):
                             torch.arange(emb.num_positions, device=weight.device)[None],
                             persistent=False)
         self.config.image_size = image_size
+
+    def save_pretrained(self, out_dir: str) -> str:
+        """Write the tower as a Hugging Face ``CLIPVisionModel`` folder.
+
+        The folder loads back with ``CLIPVisionEncoder(pretrained=out_dir)`` (or
+        ``CLIPVisionModel.from_pretrained``), the way a released CLIP checkpoint does. Its config
+        has this tower's ``image_size`` (after any resizing); the layers past the deepest selected
+        one are written as they are (untrained when the tower was trained here).
+
+        Args:
+            out_dir (str): Output folder (created).
+
+        Returns:
+            str: ``out_dir``.
+        """
+        from transformers import CLIPVisionModel
+        if isinstance(self.vision_model, CLIPVisionModel):
+            model = self.vision_model
+        else:  # transformers < 5.2: the tower is CLIPVisionModel.vision_model
+            model = CLIPVisionModel(self.config)
+            model.vision_model.load_state_dict(self.vision_model.state_dict())
+        model.save_pretrained(out_dir)
+        return out_dir
 
     def train(self, mode: bool = True) -> 'CLIPVisionEncoder':
         # A frozen tower stays in eval mode so dropout never fires (and there is none in CLIP).
