@@ -171,6 +171,17 @@ def check_label_map_size(label_map: np.ndarray, path: str, results: dict) -> Non
             f'{results.get("img_path", "")} is {img_h}x{img_w}')
 
 
+def _image_and_record_size(results: dict):
+    """Return ``(image (h, w), record (h, w))``: the loaded image's size (``ori_shape``, else the
+    record's) and the record's, at which polygons are rasterised, as the official loader does;
+    the image check in LoadImageFromFile makes the two equal."""
+    if 'ori_shape' in results:
+        img_h, img_w = results['ori_shape']
+    else:
+        img_h, img_w = results['height'], results['width']
+    return (img_h, img_w), (results.get('height', img_h), results.get('width', img_w))
+
+
 @TRANSFORMS.register_module()
 class DecodeTargetMasks(BaseTransform):
     """Decode the chosen question's targets into ``gt_masks`` at the original image resolution.
@@ -214,13 +225,7 @@ class DecodeTargetMasks(BaseTransform):
         Returns:
             dict: ``results`` with ``gt_masks``.
         """
-        if 'ori_shape' in results:
-            img_h, img_w = results['ori_shape']
-        else:
-            img_h, img_w = results['height'], results['width']
-        # Polygons are rasterised at the record's size, as the official loader does; the image
-        # check in LoadImageFromFile makes that equal to the image's.
-        rec_h, rec_w = results.get('height', img_h), results.get('width', img_w)
+        (img_h, img_w), (rec_h, rec_w) = _image_and_record_size(results)
         q = results.get('question_index', '?')
         masks: List[np.ndarray] = []
         label_maps: Dict[str, np.ndarray] = {}
@@ -301,11 +306,7 @@ class RenderSemanticMap(BaseTransform):
         if missing:
             raise KeyError(f'RenderSemanticMap reads the data infos of MUSEDataset (every object '
                            f'of the image, from ann_list); this item has no {missing}')
-        if 'ori_shape' in results:
-            img_h, img_w = results['ori_shape']
-        else:
-            img_h, img_w = results['height'], results['width']
-        rec_h, rec_w = results.get('height', img_h), results.get('width', img_w)
+        (img_h, img_w), (rec_h, rec_w) = _image_and_record_size(results)
 
         def fail(field: str, problem: str) -> DatasetFormatError:
             ctx = record_context(results)
