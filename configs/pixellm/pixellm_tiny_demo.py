@@ -7,6 +7,7 @@
 from mmengine.config import read_base
 
 with read_base():
+    from .._base_.cpu_runtime import *  # noqa: F401,F403
     from .._base_.models.pixellm_tiny import *  # noqa: F401,F403
 
 data_root = 'data/muse_demo/'
@@ -105,17 +106,3 @@ param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=100),
     dict(type='CosineAnnealingLR', by_epoch=False, begin=100, end=max_iters, eta_min=1e-5),
 ]
-
-default_scope = 'pixellm'
-default_hooks = dict(
-    timer=dict(type='IterTimerHook'),
-    logger=dict(type='LoggerHook', interval=50),
-    param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=500, max_keep_ckpts=2),
-    sampler_seed=dict(type='DistSamplerSeedHook'))
-env_cfg = dict(cudnn_benchmark=False, dist_cfg=dict(backend='gloo'))
-randomness = dict(seed=0)
-log_level = 'INFO'
-load_from = None
-resume = False
-log_processor = dict(by_epoch=False, window_size=50)

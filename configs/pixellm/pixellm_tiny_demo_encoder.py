@@ -8,6 +8,7 @@
 from mmengine.config import read_base
 
 with read_base():
+    from .._base_.cpu_runtime import *  # noqa: F401,F403
     from .._base_.models.pixellm_tiny import *  # noqa: F401,F403
 
 data_root = 'data/muse_demo/'
@@ -47,16 +48,9 @@ optim_wrapper = dict(
     optimizer=dict(type='AdamW', lr=1e-3, betas=(0.9, 0.95), weight_decay=0.0, fused=True))
 param_scheduler = None
 
-default_scope = 'pixellm'
-default_hooks = dict(
-    timer=dict(type='IterTimerHook'),
+# A log line every 100 iterations and one checkpoint, the last; the other hooks as cpu_runtime.
+default_hooks.update(  # noqa: F405
     logger=dict(type='LoggerHook', interval=100),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters, max_keep_ckpts=1),
-    sampler_seed=dict(type='DistSamplerSeedHook'))
+    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters, max_keep_ckpts=1))
+log_processor.update(window_size=100)  # noqa: F405
 custom_hooks = [dict(type='SaveVisionEncoderHook', out_dir='vision_encoder')]
-env_cfg = dict(cudnn_benchmark=False, dist_cfg=dict(backend='gloo'))
-randomness = dict(seed=0)
-log_level = 'INFO'
-load_from = None
-resume = False
-log_processor = dict(by_epoch=False, window_size=100)
