@@ -49,6 +49,30 @@ def test_added_rows_route_embeddings_and_logits():
         llm.embed(torch.tensor([[66]]))
 
 
+def test_added_rows_gradient_sums_every_occurrence_reproducibly():
+    # Each added id occurs hundreds of times; its row's gradient is the sum over the occurrences.
+    # With advanced indexing (new_embed[ids]) a CPU backward added them with atomic adds from
+    # several threads, in an order that changed from one pass to the next.
+    torch.manual_seed(0)
+    llm = HFCausalLM(llm_config=LCFG)
+    llm.add_token_rows(3)
+    ids = torch.randint(0, 67, (8, 300))
+    upstream = torch.randn(8, 300, 32)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(2, threads))
+    try:
+        grads = []
+        for _ in range(5):
+            llm.new_embed.grad = None
+            (llm.embed(ids) * upstream).sum().backward()
+            grads.append(llm.new_embed.grad.clone())
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(grads[0], g) for g in grads[1:])
+    expected = torch.stack([upstream.double()[ids == 64 + k].sum(0) for k in range(3)])
+    torch.testing.assert_close(grads[0].double(), expected, rtol=1e-5, atol=1e-4)
+
+
 def test_kv_cache_matches_full_forward():
     torch.manual_seed(0)
     llm = HFCausalLM(llm_config=LCFG).eval()

@@ -140,3 +140,26 @@ def test_default_decoder_is_the_official_one():
     with pytest.raises(ValueError, match="state_norm must be None or 'batch'"):
         PixelDecoder(in_channels=16, feat_channels=24, grid_size=4, input_size=56,
                      state_norm='layer')
+
+
+def test_backward_is_bit_reproducible_with_many_targets_per_image():
+    # 128 targets share the one image's features, so its feature gradient sums 128 contributions.
+    # With advanced indexing (necked[owner, level]) a CPU backward added them with atomic adds
+    # from several threads, in an order that changed from one pass to the next.
+    dec = make()
+    states = torch.randn(128, 2, 3, 16)
+    feats = [torch.randn(1, 16, 24) for _ in range(2)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(2, threads))
+    try:
+        grads = []
+        for _ in range(5):
+            inputs = [f.clone().requires_grad_() for f in feats]
+            dec.zero_grad()
+            dec([states], inputs)[0].square().sum().backward()
+            grads.append([f.grad for f in inputs] + [p.grad.clone() for p in dec.parameters()
+                                                     if p.grad is not None])
+    finally:
+        torch.set_num_threads(threads)
+    for other in grads[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(grads[0], other))

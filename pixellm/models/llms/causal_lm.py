@@ -4,6 +4,7 @@ import inspect
 from typing import Any, Dict, List, Optional
 
 import torch
+import torch.nn.functional as F
 from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from torch import nn
@@ -367,7 +368,9 @@ class HFCausalLM(BaseModule):
         is_new = input_ids >= self.base_vocab_size
         if self.new_embed.shape[0] == 0:
             return base
-        new = self.new_embed[(input_ids - self.base_vocab_size).clamp(min=0)]
+        # F.embedding, not self.new_embed[ids]: the backward of advanced indexing adds the
+        # gradients of repeated ids with atomic adds from several CPU threads, in a varying order.
+        new = F.embedding((input_ids - self.base_vocab_size).clamp(min=0), self.new_embed)
         return torch.where(is_new[..., None], new.to(base.dtype), base)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -256,7 +256,11 @@ class PixelDecoder(BaseModule):
                                         torch.tensor(counts, device=prompts.device))
         fused, previous = None, None
         for level in range(self.num_scales):
-            masks = self._decode_level(necked[owner, level], prompts[:, level], level, previous)
+            # index_select, not necked[owner, level]: on a CPU, the backward of advanced indexing
+            # sums the gradients of an image's targets with atomic adds from several threads, in
+            # an order that varies from run to run; index_select's backward adds them in order.
+            image_feats = necked[:, level].index_select(0, owner)
+            masks = self._decode_level(image_feats, prompts[:, level], level, previous)
             previous = masks
             up = F.interpolate(masks[:, None].float(), (out_size, out_size), mode='bilinear',
                                align_corners=False)[:, 0].to(masks.dtype)
