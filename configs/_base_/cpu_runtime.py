@@ -1,16 +1,16 @@
-# Runtime shared by the CPU configs (the offline demo's two stages): pixellm scope, gloo for
-# `tools/train.py --launcher`, and no visualizer. The GPU recipes use default_runtime.py (nccl,
-# TensorBoard overlays). A config sets its logging and checkpoint intervals from its schedule.
-default_scope = 'pixellm'
-default_hooks = dict(
-    timer=dict(type='IterTimerHook'),
-    logger=dict(type='LoggerHook', interval=50),
-    param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=500, max_keep_ckpts=2),
-    sampler_seed=dict(type='DistSamplerSeedHook'))
+# Runtime of the CPU configs (the offline demo's two stages): the GPU recipes' default_runtime.py
+# with gloo for `tools/train.py --launcher`, mmengine's default visualizer and no overlay hook,
+# seed 0, and logging and checkpoints sized for a 2400-iteration run (a config sets its own).
+from mmengine.config import read_base
+
+with read_base():
+    from .default_runtime import *  # noqa: F401,F403
+
 env_cfg = dict(cudnn_benchmark=False, dist_cfg=dict(backend='gloo'))
+visualizer = None
+custom_hooks = []
 randomness = dict(seed=0)
-log_level = 'INFO'
-load_from = None
-resume = False
-log_processor = dict(by_epoch=False, window_size=50)
+default_hooks.update(  # noqa: F405
+    logger=dict(type='LoggerHook', interval=50),
+    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=500, max_keep_ckpts=2))
+log_processor.update(window_size=50)  # noqa: F405
