@@ -349,8 +349,10 @@ class MUSEDataset(BaseDataset):
 
         has_ann_list = isinstance(record.get('ann_list'), list)
         all_objects = record['ann_list'] if has_ann_list else []
-        kept_objects = [i for i, ann in enumerate(all_objects)
-                        if isinstance(ann, dict) and 'segmentation' in ann]
+        kept_objects, skipped_objects = [], []
+        for i, ann in enumerate(all_objects):
+            usable = isinstance(ann, dict) and 'segmentation' in ann
+            (kept_objects if usable else skipped_objects).append(i)
         return dict(img_path=img_path, img_path_field=img_path_field, img_id=record_id,
                     record_index=index,
                     ann_file=self.ann_file, height=height, width=width,
@@ -364,4 +366,6 @@ class MUSEDataset(BaseDataset):
                     all_category_ids=[all_objects[i].get('category_id') for i in kept_objects]
                     if has_ann_list else None,
                     all_ann_indices=kept_objects if has_ann_list else None,
-                    ann_list_size=len(all_objects))
+                    # Entries that are not objects with a segmentation, for RenderSemanticMap's
+                    # error (the baseline skips them).
+                    ann_list_skipped=skipped_objects)

@@ -279,7 +279,7 @@ class RenderSemanticMap(BaseTransform):
     initialised CLIP tower on the MUSE training images.
 
     Required keys: ``all_segmentations``, ``all_category_ids``, ``all_ann_indices`` and
-    ``ann_list_size`` (the data infos of ``MUSEDataset``), ``height`` and ``width`` (or
+    ``ann_list_skipped`` (the data infos of ``MUSEDataset``), ``height`` and ``width`` (or
     ``ori_shape``).
     Added keys: ``gt_seg_map`` (np.ndarray, int32, ``(H, W)``).
 
@@ -301,7 +301,7 @@ class RenderSemanticMap(BaseTransform):
         Returns:
             dict: ``results`` with ``gt_seg_map``.
         """
-        needed = ('all_segmentations', 'all_category_ids', 'all_ann_indices', 'ann_list_size')
+        needed = ('all_segmentations', 'all_category_ids', 'all_ann_indices', 'ann_list_skipped')
         missing = [k for k in needed if k not in results]
         if missing:
             raise KeyError(f'RenderSemanticMap reads the data infos of MUSEDataset (every object '
@@ -316,10 +316,9 @@ class RenderSemanticMap(BaseTransform):
         if indices is None:
             raise fail('ann_list', 'missing or not a list: the semantic map needs every object of '
                        'the image')
-        if len(indices) != results['ann_list_size']:
-            skipped = sorted(set(range(results['ann_list_size'])) - set(indices))[0]
-            raise fail(f'ann_list[{skipped}]', 'not an object with a segmentation: the semantic '
-                       'map would show this object as background')
+        if results['ann_list_skipped']:
+            raise fail(f'ann_list[{results["ann_list_skipped"][0]}]', 'not an object with a '
+                       'segmentation: the semantic map would show this object as background')
         seg_map = np.zeros((img_h, img_w), dtype=np.int32)
         for segm, category, index in zip(results['all_segmentations'],
                                           results['all_category_ids'], indices):

@@ -32,8 +32,9 @@ class VisionEncoderPretrainer(BaseModel):
     out the padding and ``ignore_index``: the distribution itself (``target='fractions'``) or one
     class (``'majority'``, the demo's). With the PixelLM trained on top, the demo's val gIoU was
     0.510 / 0.512 (seeds 0 / 1) after fractions and 0.648 (seed 0) after majority labels (with no
-    attention mask over the padding, too). A per-pixel loss on upsampled logits trained the same
-    tower 3x slower on 2 CPU cores (50 ms against 15 ms a step). Predictions upsample the logits of the patches that
+    attention mask over the padding, too; both before the determinism fix of the README's
+    "Reproducibility"). A per-pixel loss on upsampled logits trained the same tower 3x slower on 2
+    CPU cores (50 ms against 15 ms a step). Predictions upsample the logits of the patches that
     hold the image bilinearly to the original size.
 
     Args:
