@@ -11,8 +11,9 @@ from PIL import Image
 
 from pixellm.datasets import MUSEDataset
 from pixellm.datasets.synthetic import muse_scenes
-from pixellm.datasets.synthetic.muse_scenes import (COLOURS, SHAPES, generate_muse_scenes,
-                                                    uncompressed_rle)
+from pixellm.datasets.synthetic.muse_scenes import (COLOURS, QUESTION_KINDS, SHAPES,
+                                                    generate_muse_scenes, named_objects,
+                                                    question_kind, uncompressed_rle)
 from pixellm.datasets.transforms.loading import decode_segmentation
 from pixellm.utils.constants import SEG_PLACEHOLDER
 
@@ -232,3 +233,43 @@ def test_cli_writes_and_reports(tmp_path, capsys):
     assert 'muse_train.json: 3 images' in printed and 'muse_val.json: 2 images' in printed
     module.main(['--out', out, '--num-train', '3', '--num-val', '2', '--seed', '1'])
     assert 'reused existing' in capsys.readouterr().out
+
+
+def test_question_kind_names_the_generator_that_wrote_each_question(tmp_path, monkeypatch):
+    """Spy on the five question generators while a dataset is written: question_kind gives back
+    the kind of the generator that wrote each question, and named_objects the targets' names in
+    answer order (a relation's answer then names its anchor)."""
+    written = {}
+    for kind in QUESTION_KINDS:
+        original = getattr(muse_scenes, '_' + kind)
+
+        def spy(*args, _kind=kind, _original=original):
+            spec = _original(*args)
+            if spec is not None:
+                written.setdefault(spec[0], set()).add(_kind)
+            return spec
+
+        monkeypatch.setattr(muse_scenes, '_' + kind, spy)
+    paths = generate_muse_scenes(str(tmp_path), num_train=60, num_val=0, seed=11)
+    kinds = set()
+    for r in load(paths['train_ann']):
+        for i, question in enumerate(r['questions']):
+            kind = question_kind(question)
+            assert written[question] == {kind}, question
+            kinds.add(kind)
+            if 'text_answers' in r:
+                names = [tuple(t['rephrased_name'].split()) for t in r['answers'][i]]
+                found = named_objects(r['text_answers'][i])
+                assert found[:len(names)] == names, r['text_answers'][i]
+                assert len(found) == len(names) + (kind == 'relation')
+    assert kinds == set(QUESTION_KINDS)
+
+
+def test_question_kind_refuses_a_question_the_generator_never_writes():
+    with pytest.raises(ValueError, match=r"'Is the red circle round\?' is not a question of the "
+                       r'synthetic MUSE generator'):
+        question_kind('Is the red circle round?')
+    # Words of the generator in a template it does not use.
+    with pytest.raises(ValueError, match='not a question'):
+        question_kind('Segment every red circle.')
+    assert named_objects('The Red Circle and the pink star [SEG0].') == [('red', 'circle')]

@@ -10,6 +10,7 @@ truth matches the pixels exactly.
 import json
 import os
 import os.path as osp
+import re
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -240,6 +241,55 @@ def _superlative(objs: List[dict], rng: np.random.Generator) -> QuestionSpec:
 _KINDS: List[Tuple[str, float]] = [('referring', 0.4), ('every_shape', 0.2),
                                    ('size_class', 0.15), ('relation', 0.15),
                                    ('superlative', 0.1)]
+QUESTION_KINDS: Tuple[str, ...] = tuple(name for name, _ in _KINDS)
+
+
+def _alternatives(words) -> str:
+    return '(?:' + '|'.join(re.escape(w) for w in words) + ')'
+
+
+_OBJECT = f'{_alternatives(COLOURS)} {_alternatives(SHAPES)}'
+_NAMED = re.compile(rf'\b({_alternatives(COLOURS)}) ({_alternatives(SHAPES)})\b')
+_SHAPE = _alternatives(SHAPES)
+_SHAPES = _alternatives(_plural(s) for s in SHAPES)
+_OBJECTS = rf'the {_OBJECT}(?:(?:, | and )the {_OBJECT})*'
+# The question templates of the generators above, as full-match patterns (in _KINDS' names).
+_QUESTION_PATTERNS = dict(
+    referring=rf'(?:Segment {_OBJECTS}\.|Where (?:is|are) {_OBJECTS} in this image\?|'
+              rf'Can you find {_OBJECTS}\?)',
+    every_shape=rf'(?:Segment every {_SHAPE}\.|Where are all the {_SHAPES}\?|'
+                rf'Find all {_SHAPES} in the picture\.)',
+    size_class=r'(?:Segment all the (?:large|small) shapes\.|Which objects are (?:large|small)\?)',
+    relation=rf'(?:Which objects are {_alternatives(_RELATIONS)} the {_OBJECT}\?|'
+             rf'Segment everything {_alternatives(_RELATIONS)} the {_OBJECT}\.)',
+    superlative=r'(?:What is the (?:largest|smallest) object\?|'
+                r'Segment the (?:largest|smallest) shape\.)',
+)
+
+
+def question_kind(question: str) -> str:
+    """The kind of a question this generator wrote: one of ``QUESTION_KINDS``.
+
+    For analysing a model's answers by kind (``tools/analysis/demo_answer_report.py``): the
+    records keep MUSE's format, which has no field for it.
+
+    Raises:
+        ValueError: ``question`` matches none of the generator's templates.
+    """
+    for kind, pattern in _QUESTION_PATTERNS.items():
+        if re.fullmatch(pattern, question):
+            return kind
+    raise ValueError(f'{question!r} is not a question of the synthetic MUSE generator (version '
+                     f'{GENERATOR_VERSION}); its kinds: {", ".join(QUESTION_KINDS)}')
+
+
+def named_objects(text: str) -> List[Tuple[str, str]]:
+    """The ``(colour, shape)`` pairs a question or answer names, in order of appearance.
+
+    Case-insensitive; ``"Sure, the red circle [SEG0] and the blue star."`` gives ``[('red',
+    'circle'), ('blue', 'star')]``.
+    """
+    return [(m.group(1), m.group(2)) for m in _NAMED.finditer(text.lower())]
 
 
 def _place_objects(rng: np.random.Generator, height: int, width: int) -> List[dict]:
