@@ -21,6 +21,7 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 from pixellm.datasets.synthetic import QUESTION_KINDS, named_objects, question_kind  # noqa: E402
+from pixellm.engine.checkpoint import atomic_write_text  # noqa: E402
 
 
 def answer_report(rows):
@@ -33,17 +34,18 @@ def answer_report(rows):
         ``exact_rate``, and ``colours_named`` / ``colours_reference`` (how often each colour is
         named).
     """
+    kinds = [question_kind(r['question']) for r in rows]
     out = {}
     for kind in QUESTION_KINDS + ('all', ):
-        picked = [r for r in rows if kind == 'all' or question_kind(r['question']) == kind]
+        picked = [(r, k) for r, k in zip(rows, kinds) if kind in ('all', k)]
         if not picked:
             continue
         exact = subset = superset = 0
         named, reference = collections.Counter(), collections.Counter()
-        for r in picked:
+        for r, row_kind in picked:
             ref = collections.Counter(named_objects(r['reference']))
             pred = collections.Counter(named_objects(r['prediction']))
-            if question_kind(r['question']) == 'relation':
+            if row_kind == 'relation':
                 # The anchor ("... to the left of the green star") is not a target.
                 anchor = collections.Counter(named_objects(r['question']))
                 ref, pred = ref - anchor, pred - anchor
@@ -99,8 +101,7 @@ def main(argv=None):
         print(f'{kind:<12}{res["questions"]:>10}{res["exact_rate"]:>8.1%}{res["subset"]:>8}'
               f'{res["superset"]:>10}  {res["colours_named"]}')
     if args.out:
-        with open(args.out, 'w') as f:
-            json.dump(dict(summary=report, answers=rows), f, indent=2)
+        atomic_write_text(json.dumps(dict(summary=report, answers=rows), indent=2), args.out)
 
 
 if __name__ == '__main__':
