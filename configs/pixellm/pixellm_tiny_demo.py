@@ -69,8 +69,11 @@ test_pipeline = [
     dict(type='PackPixelLMInputs'),
 ]
 
+# The pipeline runs in the training process: on 2 cores a loader worker takes CPU from the
+# step's two threads, and the logged step time over 400 iterations was 8-9% lower without one
+# (0.175 / 0.188 s against 0.192 / 0.207 s, two pairs of runs).
 train_dataloader = dict(
-    batch_size=batch_size, num_workers=1, persistent_workers=True,
+    batch_size=batch_size, num_workers=0, persistent_workers=False,
     sampler=dict(type='InfiniteSampler', shuffle=True),
     dataset=dict(type='MUSEDataset', data_root=data_root, ann_file='muse_train.json',
                  data_prefix=dict(img_path='images'), pipeline=train_pipeline))
