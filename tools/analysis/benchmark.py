@@ -245,6 +245,24 @@ def codebook_context_flops(model, num_targets: int) -> Dict[str, float]:
                 _mult(True, head.weight.requires_grad, True))
 
 
+def grounding_flops(model, batch: int, num_targets: int) -> Dict[str, float]:
+    """FLOPs of the auxiliary grounding projections (``PixelLM.loss_grounding``) in one training
+    step: a key ``Linear`` on the image tokens of each sample with targets (the targets spread
+    over all samples, as ``synthetic_batch`` writes them), a query ``Linear`` on ``window``
+    states per target and their scores against every image token; the states take a gradient.
+    ``predict`` never runs them. Empty when the model has no such loss."""
+    loss = getattr(model, 'loss_grounding', None)
+    if loss is None or num_targets == 0:
+        return {}
+    c, e = loss.query.in_features, loss.query.out_features
+    tokens = model.llm_image_grid ** 2
+    rows = num_targets * loss.window
+    linear = 2.0 * (min(batch, num_targets) * tokens + rows) * c * e
+    scores = 2.0 * rows * e * tokens
+    return dict(grounding_head=linear * _mult(True, loss.query.weight.requires_grad, True) +
+                scores * _mult(True, True, True))
+
+
 def train_step_flops(model, batch: int, seq_len: int, num_targets: int) -> Dict[str, float]:
     """Analytic FLOPs of one training step (fwd+bwd) on ``batch`` sequences of ``seq_len``
     tokens (image tokens included) with ``num_targets`` targets in all."""
@@ -254,6 +272,7 @@ def train_step_flops(model, batch: int, seq_len: int, num_targets: int) -> Dict[
     out.update(llm_flops(model, seq_len, seq_len, batch, True))
     out.update(pixel_decoder_flops(model, num_targets, batch, True))
     out.update(codebook_context_flops(model, num_targets))
+    out.update(grounding_flops(model, batch, num_targets))
     return out
 
 

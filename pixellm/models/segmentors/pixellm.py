@@ -9,6 +9,7 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModel
 from mmengine.structures import InstanceData
 
+from pixellm.models.losses.grounding_loss import mask_grid_coverage
 from pixellm.registry import MODELS
 from pixellm.structures import PixelLMDataSample
 from pixellm.utils.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
@@ -56,6 +57,10 @@ class PixelLM(BaseModel):
             ``CodebookContextLoss`` (not in the paper; for an LLM trained from random weights,
             as in the offline demo). ``in_channels`` and ``vocab_size`` are filled in. None
             (default) trains with the paper's losses only.
+        loss_grounding (dict, optional): An auxiliary loss pulling the LLM states before each
+            target's codebook tokens towards that target's image tokens, such as
+            ``GroundingLoss`` (not in the paper; for an LLM trained from random weights).
+            ``in_channels`` is filled in. Defaults to None.
         mask_projector (dict, optional): Projector of the decoder's features
             (``out_mm_projector``); used when ``separate_mm_projector``.
         separate_mm_projector (bool): Give the decoder its own projector (PixelLM-7B/13B). With
@@ -90,6 +95,7 @@ class PixelLM(BaseModel):
                  loss_mask: Optional[Dict] = None,
                  loss_dice: Optional[Dict] = None,
                  loss_context: Optional[Dict] = None,
+                 loss_grounding: Optional[Dict] = None,
                  mask_projector: Optional[Dict] = None,
                  separate_mm_projector: bool = True,
                  llm_image_grid: Optional[int] = 16,
@@ -161,6 +167,8 @@ class PixelLM(BaseModel):
         self.loss_dice = MODELS.build(loss_dice)
         self.loss_context = None if loss_context is None else MODELS.build(
             _fill(loss_context, in_channels=hidden, vocab_size=len(self.tokenizer)))
+        self.loss_grounding = None if loss_grounding is None else MODELS.build(
+            _fill(loss_grounding, in_channels=hidden))
         self.llm_image_grid = llm_image_grid or encoder.grid_size
         self.mask_padded_image_tokens = mask_padded_image_tokens
         self.use_im_start_end = use_im_start_end
@@ -354,7 +362,8 @@ class PixelLM(BaseModel):
         masks = [self.pixel_decoder.postprocess(m, hw, tuple(s.metainfo['ori_shape']))
                  for m, hw, s in zip(low_res, valid_hw, data_samples)]
         return dict(logits=out['logits'], labels=labels, mask_logits=masks, low_res=low_res,
-                    input_ids=ids, codebook_positions=positions, codebook_states=states)
+                    input_ids=ids, codebook_positions=positions, codebook_states=states,
+                    hidden=out['hidden'], valid_hw=valid_hw, input_size=inputs.shape[-1])
 
     def loss(self, inputs: torch.Tensor, data_samples: List[PixelLMDataSample]) -> Dict:
         """Teacher-forced text and mask losses, as separate terms."""
@@ -380,6 +389,13 @@ class PixelLM(BaseModel):
             losses[self.loss_context.loss_name] = self.loss_context(
                 out['codebook_states'], out['input_ids'],
                 [p[:, 0] for p in out['codebook_positions']], ignore)
+        if self.loss_grounding is not None:
+            ids = out['input_ids']
+            losses[self.loss_grounding.loss_name] = self.loss_grounding(
+                out['hidden'], [torch.nonzero(row == _IMAGE_SLOT).flatten() for row in ids],
+                [p[:, 0] for p in out['codebook_positions']],
+                [mask_grid_coverage(gt, hw, out['input_size'], self.llm_image_grid)
+                 for gt, hw in zip(gts, out['valid_hw'])])
         return losses
 
     @torch.no_grad()

@@ -1,0 +1,99 @@
+"""GroundingLoss: the coverage it targets, its value, its empty case and its place in PixelLM."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import build_tiny, make_batch
+
+from pixellm.models.losses import GroundingLoss
+from pixellm.models.losses.grounding_loss import mask_grid_coverage
+
+
+def test_coverage_is_the_mask_share_of_each_image_token_cell():
+    # A 224 x 112 image resized to 112 x 56 (longest side 112) and padded to 112 x 112 on the
+    # right; the LLM sees 8 x 8 tokens of 14 x 14 pixels.
+    rng = np.random.default_rng(0)
+    mask = rng.random((224, 112)) < 0.3
+    mask[:60, :40] = True
+    got = mask_grid_coverage(torch.from_numpy(mask)[None], (112, 56), 112, 8)[0].view(8, 8)
+    # Independent: halve by 2 x 2 block means, pad, then 14 x 14 block means.
+    resized = mask.reshape(112, 2, 56, 2).mean((1, 3))
+    padded = np.zeros((112, 112))
+    padded[:, :56] = resized
+    want = padded.reshape(8, 14, 8, 14).mean((1, 3))
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-6)
+    assert torch.all(got[:, 4:] == 0)  # the padding is no object's
+
+
+def test_value_matches_a_loop_over_targets_and_positions():
+    torch.manual_seed(0)
+    loss = GroundingLoss(in_channels=6, embed_dim=4, window=2, loss_weight=0.5)
+    hidden = torch.randn(2, 9, 6)
+    image_positions = [torch.tensor([1, 2, 3]), torch.tensor([0, 1, 2])]
+    starts = [torch.tensor([6, 8]), torch.tensor([5])]
+    coverage = [torch.tensor([[0.5, 0.5, 0.0], [0.0, 0.0, 0.0]]), torch.tensor([[0.2, 0.0, 0.6]])]
+    got = loss(hidden, image_positions, starts, coverage)
+
+    terms = []
+    for b, t, positions in [(0, 0, (5, 4)), (1, 0, (4, 3))]:  # (0, 1) covers nothing
+        target = coverage[b][t] / coverage[b][t].sum()
+        keys = loss.key(hidden[b, image_positions[b]])
+        for p in positions:
+            scores = keys @ loss.query(hidden[b, p]) / math.sqrt(4)
+            terms.append(-(target * scores.log_softmax(0)).sum())
+    torch.testing.assert_close(got, 0.5 * torch.stack(terms).mean())
+
+
+def test_no_covered_target_gives_a_connected_zero():
+    loss = GroundingLoss(in_channels=4, window=2)
+    hidden = torch.randn(1, 5, 4, requires_grad=True)
+    value = loss(hidden, [torch.tensor([0, 1])], [torch.tensor([4])], [torch.zeros(1, 2)])
+    assert value.item() == 0.0
+    value.backward()
+    assert hidden.grad is not None and torch.count_nonzero(hidden.grad) == 0
+    with pytest.raises(ValueError, match='window must be >= 1'):
+        GroundingLoss(in_channels=4, window=0)
+
+
+def test_pixellm_adds_the_term_and_it_trains_the_llm():
+    assert build_tiny().loss_grounding is None
+    model = build_tiny(loss_grounding=dict(type='GroundingLoss', window=4))
+    # The width comes from the model.
+    assert model.loss_grounding.query.in_features == model.llm.hidden_size
+    data = make_batch(model, targets=(2, 1))
+    value = model(**data, mode='loss')['loss_grounding']
+    # Before training the scores are near uniform over the image tokens: the cross-entropy is
+    # about log(number of tokens) (the targets' own entropy is smaller).
+    assert abs(value.item() - math.log(model.llm_image_grid ** 2)) < 1.0
+    model.zero_grad()
+    value.backward()
+    llm_grads = [p.grad for n, p in model.llm.named_parameters()
+                 if p.requires_grad and 'self_attn' in n]
+    assert llm_grads and any(g is not None and g.abs().sum() > 0 for g in llm_grads)
+    assert all(p.grad is None for p in model.pixel_decoder.parameters())
+
+
+def test_the_states_learn_to_point_at_their_target():
+    """With the projections frozen, the loss can only fall if the LLM moves its states."""
+    model = build_tiny(loss_grounding=dict(type='GroundingLoss', window=4))
+    model.loss_grounding.requires_grad_(False)
+    data = make_batch(model, targets=(2, 1))
+    # One block per target (random masks would cover every cell about equally).
+    for sample in data['data_samples']:
+        masks = torch.zeros_like(sample.gt_instances.masks)
+        h, w = masks.shape[1:]
+        for k in range(len(masks)):
+            masks[k, k * h // 2:(k + 1) * h // 2, :w // 3] = True
+        sample.gt_instances.masks = masks
+    params = [p for p in model.llm.parameters() if p.requires_grad]
+    params += list(model.projector.parameters())
+    opt = torch.optim.Adam(params, lr=3e-3)
+    first = None
+    for _ in range(30):
+        value = model(**data, mode='loss')['loss_grounding']
+        first = value.item() if first is None else first
+        opt.zero_grad()
+        value.backward()
+        opt.step()
+    assert value.item() < 0.75 * first
