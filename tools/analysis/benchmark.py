@@ -247,17 +247,17 @@ def codebook_context_flops(model, num_targets: int) -> Dict[str, float]:
 
 def grounding_flops(model, batch: int, num_targets: int) -> Dict[str, float]:
     """FLOPs of the auxiliary grounding projections (``PixelLM.loss_grounding``) in one training
-    step: a key ``Linear`` on the image tokens of each sample with targets (the targets spread
-    over all samples, as ``synthetic_batch`` writes them), a query ``Linear`` on ``window``
-    states per target and their scores against every image token; the states take a gradient.
-    ``predict`` never runs them. Empty when the model has no such loss."""
+    step: the key ``Linear`` on the image tokens of every sample, the query ``Linear`` on
+    ``window`` states per target, and their scores against every image token of the target's
+    sample; the states take a gradient. ``predict`` never runs them. Empty when the model has no
+    such loss."""
     loss = getattr(model, 'loss_grounding', None)
-    if loss is None or num_targets == 0:
+    if loss is None:
         return {}
     c, e = loss.query.in_features, loss.query.out_features
     tokens = model.llm_image_grid ** 2
     rows = num_targets * loss.window
-    linear = 2.0 * (min(batch, num_targets) * tokens + rows) * c * e
+    linear = 2.0 * (batch * tokens + rows) * c * e
     scores = 2.0 * rows * e * tokens
     return dict(grounding_head=linear * _mult(True, loss.query.weight.requires_grad, True) +
                 scores * _mult(True, True, True))

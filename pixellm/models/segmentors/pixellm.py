@@ -390,12 +390,12 @@ class PixelLM(BaseModel):
                 out['codebook_states'], out['input_ids'],
                 [p[:, 0] for p in out['codebook_positions']], ignore)
         if self.loss_grounding is not None:
-            ids = out['input_ids']
+            ignore = torch.tensor(list(self.codebook.token_ids) + [self.pad_token_id],
+                                  device=out['input_ids'].device)
             losses[self.loss_grounding.loss_name] = self.loss_grounding(
-                out['hidden'], [torch.nonzero(row == _IMAGE_SLOT).flatten() for row in ids],
-                [p[:, 0] for p in out['codebook_positions']],
+                out['hidden'], out['input_ids'], [p[:, 0] for p in out['codebook_positions']],
                 [mask_grid_coverage(gt, hw, out['input_size'], self.llm_image_grid)
-                 for gt, hw in zip(gts, out['valid_hw'])])
+                 for gt, hw in zip(gts, out['valid_hw'])], ignore)
         return losses
 
     @torch.no_grad()
