@@ -72,6 +72,33 @@ def make_batch(model, targets=(2, 0, 1)):
     return model.data_preprocessor(dict(inputs=images, data_samples=samples), True)
 
 
+def assert_trains_llm_not_decoder(model, value):
+    """Backward ``value``: the LLM's attention weights get a gradient, the pixel decoder none."""
+    model.zero_grad()
+    value.backward()
+    llm_grads = [p.grad for n, p in model.llm.named_parameters()
+                 if p.requires_grad and 'self_attn' in n]
+    assert llm_grads and any(g is not None and g.abs().sum() > 0 for g in llm_grads)
+    assert all(p.grad is None for p in model.pixel_decoder.parameters())
+
+
+def fit_loss_term(model, data, key, params, steps=30, lr=3e-3):
+    """Minimise the model's loss term ``key`` on ``data`` with Adam over ``params``.
+
+    Returns:
+        tuple: The term's value before the first and after the last step.
+    """
+    opt = torch.optim.Adam(params, lr=lr)
+    first = value = None
+    for _ in range(steps):
+        value = model(**data, mode='loss')[key]
+        first = value.item() if first is None else first
+        opt.zero_grad()
+        value.backward()
+        opt.step()
+    return first, value.item()
+
+
 def load_tool(name):
     """``tools/<name>.py`` as a module, to call its ``main(argv)`` in-process."""
     spec = importlib.util.spec_from_file_location(f'pixellm_tools_{name}',

@@ -2,7 +2,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import build_tiny, make_batch
+from conftest import assert_trains_llm_not_decoder, build_tiny, fit_loss_term, make_batch
 
 from pixellm.models.losses import CodebookContextLoss
 from pixellm.models.losses.codebook_context_loss import preceding_tokens
@@ -78,12 +78,7 @@ def test_pixellm_adds_the_term_and_it_trains_the_llm():
     ctx = losses['loss_codebook_context']
     # Before training the head predicts about uniformly over the vocabulary.
     assert abs(ctx.item() - torch.log(torch.tensor(float(len(model.tokenizer)))).item()) < 1.0
-    model.zero_grad()
-    ctx.backward()
-    llm_grads = [p.grad for n, p in model.llm.named_parameters()
-                 if p.requires_grad and 'self_attn' in n]
-    assert llm_grads and any(g is not None and g.abs().sum() > 0 for g in llm_grads)
-    assert all(p.grad is None for p in model.pixel_decoder.parameters())
+    assert_trains_llm_not_decoder(model, ctx)
 
 
 def test_context_is_the_text_just_before_each_target_in_a_real_batch():
@@ -119,12 +114,5 @@ def test_the_states_learn_the_words_before_their_target():
     model.loss_context.head.requires_grad_(False)
     data = make_batch(model, targets=(2, 1))
     params = [p for p in model.llm.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=3e-3)
-    first = None
-    for _ in range(30):
-        value = model(**data, mode='loss')['loss_codebook_context']
-        first = value.item() if first is None else first
-        opt.zero_grad()
-        value.backward()
-        opt.step()
-    assert value.item() < 0.75 * first
+    first, last = fit_loss_term(model, data, 'loss_codebook_context', params)
+    assert last < 0.75 * first
