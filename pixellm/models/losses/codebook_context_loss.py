@@ -16,13 +16,39 @@ The window counts tokens, whatever they are: with the shipped tiny tokenizer, "t
 [SEG0] ..." puts a space token before ``[SEG0]``, so the 4 context tokens are the space,
 "circle", "red" and "the"; the space and "the" are the same for every target.
 """
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pixellm.registry import MODELS
+
+
+def preceding_window(input_ids: Tensor, first_positions: Tensor, window: int,
+                     ignore_ids: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
+    """The ``window`` positions just before each target, their ids and which of them to use.
+
+    Args:
+        input_ids (Tensor): ``(L,)`` ids of one sequence; negative ids (image slots) are skipped.
+        first_positions (Tensor): ``(N,)`` position of each target's first codebook token.
+        window (int): How many positions to look back.
+        ignore_ids (Tensor, optional): Ids never used (the codebook tokens, padding).
+
+    Returns:
+        tuple[Tensor, Tensor, Tensor]: ``(N, window)`` positions, nearest first, clamped to 0
+        so that they index the sequence; the ids there; and ``keep``, false at a position before
+        the sequence start, an image slot or an ignored id.
+    """
+    offsets = torch.arange(1, window + 1, device=input_ids.device)
+    pos = first_positions[:, None].to(input_ids.device) - offsets
+    inside = pos >= 0
+    pos = pos.clamp(min=0)
+    ids = input_ids[pos]
+    keep = inside & (ids >= 0)
+    if ignore_ids is not None and ignore_ids.numel():
+        keep &= ~torch.isin(ids, ignore_ids.to(ids.device))
+    return pos, ids, keep
 
 
 def preceding_tokens(input_ids: Tensor, first_positions: Tensor, window: int,
@@ -39,13 +65,7 @@ def preceding_tokens(input_ids: Tensor, first_positions: Tensor, window: int,
         Tensor: ``(N, window)`` ids, nearest first; ``-1`` marks a position before the sequence
         start, an image slot or an ignored id.
     """
-    offsets = torch.arange(1, window + 1, device=input_ids.device)
-    pos = first_positions[:, None].to(input_ids.device) - offsets
-    inside = pos >= 0
-    ids = input_ids[pos.clamp(min=0)]
-    keep = inside & (ids >= 0)
-    if ignore_ids is not None and ignore_ids.numel():
-        keep &= ~torch.isin(ids, ignore_ids.to(ids.device))
+    _, ids, keep = preceding_window(input_ids, first_positions, window, ignore_ids)
     return torch.where(keep, ids, torch.full_like(ids, -1))
 
 

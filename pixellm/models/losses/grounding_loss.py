@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pixellm.models.losses.codebook_context_loss import preceding_tokens
+from pixellm.models.losses.codebook_context_loss import preceding_window
 from pixellm.registry import MODELS
 
 
@@ -97,17 +97,16 @@ class GroundingLoss(nn.Module):
             raise ValueError(f'{len(first_positions)} position groups, {len(coverage)} '
                              f'coverage groups, {input_ids.shape[0]} id rows and {b} hidden '
                              'rows do not match')
-        offsets = torch.arange(1, self.window + 1, device=hidden.device)
         key_rows, query_rows, kept, sizes = [], [], [], []
         for i, (ids, first, cov) in enumerate(zip(input_ids, first_positions, coverage)):
             image = torch.nonzero(ids < 0).flatten()
             if cov.shape != (first.shape[0], image.shape[0]):
                 raise ValueError(f'sequence {i}: coverage of shape {tuple(cov.shape)} for '
                                  f'{first.shape[0]} targets and {image.shape[0]} image tokens')
-            where = first.to(hidden.device)[:, None] - offsets[None]
-            kept.append(preceding_tokens(ids, first, self.window, ignore_ids) >= 0)
+            where, _, keep = preceding_window(ids, first, self.window, ignore_ids)
+            kept.append(keep)
             key_rows.append(image + i * length)
-            query_rows.append(where.clamp(min=0).flatten() + i * length)
+            query_rows.append(where.flatten() + i * length)
             sizes.append((image.shape[0], first.shape[0]))
         flat = hidden.reshape(b * length, width).to(self.key.weight.dtype)
         keys_all = self.key(flat.index_select(0, torch.cat(key_rows)))

@@ -363,7 +363,7 @@ class PixelLM(BaseModel):
                  for m, hw, s in zip(low_res, valid_hw, data_samples)]
         return dict(logits=out['logits'], labels=labels, mask_logits=masks, low_res=low_res,
                     input_ids=ids, codebook_positions=positions, codebook_states=states,
-                    hidden=out['hidden'], valid_hw=valid_hw, input_size=inputs.shape[-1])
+                    hidden=out['hidden'])
 
     def loss(self, inputs: torch.Tensor, data_samples: List[PixelLMDataSample]) -> Dict:
         """Teacher-forced text and mask losses, as separate terms."""
@@ -382,20 +382,20 @@ class PixelLM(BaseModel):
         losses[self.loss_lm.loss_name] = self.loss_lm(out['logits'], out['labels'])
         losses[self.loss_mask.loss_name] = self.loss_mask(out['mask_logits'], gts)
         losses[self.loss_dice.loss_name] = self.loss_dice(out['mask_logits'], gts)
+        # The auxiliary losses read text only: never a codebook token (of an earlier target) or
+        # padding.
+        ignore = torch.tensor(list(self.codebook.token_ids) + [self.pad_token_id],
+                              device=out['input_ids'].device)
+        first = [p[:, 0] for p in out['codebook_positions']]
         if self.loss_context is not None:
-            # Context is text only: never a codebook token (of an earlier target) or padding.
-            ignore = torch.tensor(list(self.codebook.token_ids) + [self.pad_token_id],
-                                  device=out['input_ids'].device)
             losses[self.loss_context.loss_name] = self.loss_context(
-                out['codebook_states'], out['input_ids'],
-                [p[:, 0] for p in out['codebook_positions']], ignore)
+                out['codebook_states'], out['input_ids'], first, ignore)
         if self.loss_grounding is not None:
-            ignore = torch.tensor(list(self.codebook.token_ids) + [self.pad_token_id],
-                                  device=out['input_ids'].device)
+            size = inputs.shape[-1]
+            coverage = [mask_grid_coverage(gt, hw, size, self.llm_image_grid)
+                        for gt, hw in zip(gts, self._valid_hw(data_samples, size))]
             losses[self.loss_grounding.loss_name] = self.loss_grounding(
-                out['hidden'], out['input_ids'], [p[:, 0] for p in out['codebook_positions']],
-                [mask_grid_coverage(gt, hw, out['input_size'], self.llm_image_grid)
-                 for gt, hw in zip(gts, out['valid_hw'])], ignore)
+                out['hidden'], out['input_ids'], first, coverage, ignore)
         return losses
 
     @torch.no_grad()
