@@ -16,7 +16,7 @@ from pixellm.engine.checkpoint import atomic_write_text  # noqa: E402
 from pixellm.models.export import CONFIG_FILE as EXPORT_CONFIG_FILE  # noqa: E402
 from pixellm.engine.runner_utils import (add_common_arguments, build_runner,  # noqa: E402
                                          check_data_or_exit, format_metrics, load_tool_config,
-                                         set_show_dir, shutdown_distributed)
+                                         set_show_dir, release_runner, shutdown_distributed)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -74,7 +74,10 @@ def main(argv=None) -> dict:
 
     runner = build_runner(cfg)
     metrics = runner.test()
-    if runner.rank == 0:
+    rank = runner.rank
+    release_runner(runner)
+    del runner  # its model wrapper holds the process group, which the teardown must free
+    if rank == 0:
         print(format_metrics(metrics, title=f'Test metrics of {args.checkpoint}'), flush=True)
         if args.out:
             out_dir = osp.dirname(osp.abspath(args.out))

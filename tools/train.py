@@ -18,7 +18,7 @@ from pixellm.engine.runner_utils import (add_common_arguments, apply_amp,  # noq
                                          apply_deepspeed, apply_fsdp, apply_resume, apply_seed,
                                          build_runner, check_data_or_exit,
                                          enable_resume_safety, load_tool_config,
-                                         shutdown_distributed)
+                                         release_runner, shutdown_distributed)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -90,6 +90,8 @@ def main(argv=None) -> None:
     for note in notes:
         print_log(f'tools/train.py: {note}', logger='current')
     runner.train()
+    release_runner(runner)
+    del runner  # its model wrapper holds the process group, which the teardown must free
     shutdown_distributed()
 
 

@@ -2,9 +2,13 @@
 import argparse
 import copy
 import datetime
+import gc
 import json
+import logging
 import os
 import os.path as osp
+import sys
+import weakref
 from numbers import Number
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -701,15 +705,75 @@ def prepare_cpu_distributed(cfg: Config) -> List[str]:
     return notes
 
 
-def shutdown_distributed() -> None:
-    """Tear the process group down, if any, after a finished run of ``tools/train.py`` or
-    ``tools/test.py``.
+def release_runner(runner: Runner) -> None:
+    """Free what ties a finished runner's process groups down beyond Python's garbage collector.
 
-    Left to exit-time destructors, gloo's and DeepSpeed's communication threads can abort a
-    finished run (SIGABRT). Every rank first waits for the others (rank 0 may still be writing
-    results): a rank that tears its group down while a peer still uses it aborts too (seen in a
-    2-rank test).
+    A DeepSpeed engine registers hooks on its parameters' gradient accumulators (autograd nodes
+    in C++), which keep the engine, its optimizer and their process groups alive after the
+    runner is dropped; ``engine.destroy()`` removes them. Call this, then drop every reference
+    to the runner, then :func:`shutdown_distributed`.
+
+    Args:
+        runner (Runner): A runner whose ``train()`` or ``test()`` has returned.
     """
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
+    candidates = [getattr(runner, 'model', None),
+                  getattr(getattr(runner, 'strategy', None), 'model', None)]
+    seen = set()
+    for model in candidates:
+        # Wrappers hold the engine as ``.model`` (MMDeepSpeedEngineWrapper) or are the engine.
+        while model is not None and id(model) not in seen:
+            seen.add(id(model))
+            if type(model).__name__ == 'DeepSpeedEngine' and callable(
+                    getattr(model, 'destroy', None)):
+                model.destroy()
+                break
+            model = getattr(model, 'model', None)
+
+
+def shutdown_distributed() -> None:
+    """Tear the process groups down, if any, after a finished run of ``tools/train.py`` or
+    ``tools/test.py``; call it once the runner is released (:func:`release_runner`).
+
+    Every rank first waits for the others (rank 0 may still be writing results): a rank that
+    tears its group down while a peer still uses it aborts too (seen in a 2-rank test). The
+    groups are then destroyed, and freed while the interpreter is fully alive, so that gloo's and
+    DeepSpeed's communication threads are joined here and not during interpreter exit, where
+    they abort a finished run (SIGABRT). That needs every reference to the groups gone: the
+    runner's wrappers (DDP, DeepSpeed engines) are collected first, and DeepSpeed's own group
+    registry is cleared by ``deepspeed.comm.destroy_process_group`` when DeepSpeed set up the
+    run. (``torch.distributed.nn.functional`` declares ``group=group.WORLD`` defaults, which
+    would pin the default group if imported after it was created; ``mmengine.runner`` imports it
+    first.) A group something else still holds is named in a warning: ZeRO-3's parameters and
+    hooks hold theirs (DeepSpeed 0.19).
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    gc.collect()  # the released runner's reference cycles hold the DDP / DeepSpeed wrappers
+    torch.distributed.barrier()
+    groups = list(_process_groups())
+    rank = torch.distributed.get_rank()
+    ds_comm = sys.modules.get('deepspeed.comm.comm')  # where DeepSpeed keeps its backend
+    if ds_comm is not None and getattr(ds_comm, 'cdb', None) is not None:
+        ds_comm.destroy_process_group()  # also drops DeepSpeed's cached groups
+    else:
         torch.distributed.destroy_process_group()
+    gc.collect()
+    alive = [name for name, ref in groups if ref() is not None]
+    if alive:
+        print_log(f'shutdown_distributed: rank {rank}: process group(s) {", ".join(alive)} are '
+                  'still referenced after destroy_process_group; their communication threads '
+                  'outlive the run and may abort the process at exit', logger='current',
+                  level=logging.WARNING)
+
+
+def _process_groups():
+    """``(name, weakref)`` of every process group c10d knows (private c10d state, read only)."""
+    c10d = torch.distributed.distributed_c10d
+    names = getattr(getattr(c10d, '_world', None), 'pg_names', None)
+    if names is None:  # another torch layout: the default group only
+        names = {torch.distributed.group.WORLD: 'default'}
+    for group, name in list(names.items()):
+        try:
+            yield name, weakref.ref(group)
+        except TypeError:  # a group type without weak references: not checked
+            continue
