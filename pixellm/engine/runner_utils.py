@@ -716,18 +716,21 @@ def release_runner(runner: Runner) -> None:
     Args:
         runner (Runner): A runner whose ``train()`` or ``test()`` has returned.
     """
-    candidates = [getattr(runner, 'model', None),
-                  getattr(getattr(runner, 'strategy', None), 'model', None)]
-    seen = set()
-    for model in candidates:
-        # Wrappers hold the engine as ``.model`` (MMDeepSpeedEngineWrapper) or are the engine.
-        while model is not None and id(model) not in seen:
-            seen.add(id(model))
-            if type(model).__name__ == 'DeepSpeedEngine' and callable(
-                    getattr(model, 'destroy', None)):
-                model.destroy()
-                break
-            model = getattr(model, 'model', None)
+    engine_cls = getattr(sys.modules.get('deepspeed.runtime.engine'), 'DeepSpeedEngine', None)
+    if engine_cls is None:  # DeepSpeed never loaded: no engine to release
+        return
+    # After train() / test() a FlexibleRunner's model is its strategy's: mmengine's
+    # MMDeepSpeedEngineWrapper, which holds the engine as ``.model``.
+    wrapper = getattr(runner, 'model', None)
+    for engine in (wrapper, getattr(wrapper, 'model', None)):
+        if not isinstance(engine, engine_cls):
+            continue
+        try:
+            engine.destroy()
+        except Exception as err:  # a finished run stays finished; the warning names the cause
+            print_log(f'release_runner: DeepSpeedEngine.destroy() failed ({err!r}); its '
+                      'process groups may outlive the run', logger='current',
+                      level=logging.WARNING)
 
 
 def shutdown_distributed() -> None:
@@ -741,10 +744,11 @@ def shutdown_distributed() -> None:
     they abort a finished run (SIGABRT). That needs every reference to the groups gone: the
     runner's wrappers (DDP, DeepSpeed engines) are collected first, and DeepSpeed's own group
     registry is cleared by ``deepspeed.comm.destroy_process_group`` when DeepSpeed set up the
-    run. (``torch.distributed.nn.functional`` declares ``group=group.WORLD`` defaults, which
-    would pin the default group if imported after it was created; ``mmengine.runner`` imports it
-    first.) A group something else still holds is named in a warning: ZeRO-3's parameters and
-    hooks hold theirs (DeepSpeed 0.19).
+    run (its backend was set up in this process). (``torch.distributed.nn.functional`` declares
+    ``group=group.WORLD`` defaults, which would pin the default group if imported after it was
+    created; ``mmengine.runner`` imports it first.) A group whose Python object is still
+    referenced afterwards is named in a warning: ZeRO-3's parameters and hooks hold theirs
+    (DeepSpeed 0.19). A group held from C++ alone is not seen by that check.
     """
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return
@@ -752,7 +756,7 @@ def shutdown_distributed() -> None:
     torch.distributed.barrier()
     groups = list(_process_groups())
     rank = torch.distributed.get_rank()
-    ds_comm = sys.modules.get('deepspeed.comm.comm')  # where DeepSpeed keeps its backend
+    ds_comm = sys.modules.get('deepspeed.comm.comm')  # where DeepSpeed keeps its live backend
     if ds_comm is not None and getattr(ds_comm, 'cdb', None) is not None:
         ds_comm.destroy_process_group()  # also drops DeepSpeed's cached groups
     else:
@@ -771,7 +775,7 @@ def _process_groups():
     c10d = torch.distributed.distributed_c10d
     names = getattr(getattr(c10d, '_world', None), 'pg_names', None)
     if names is None:  # another torch layout: the default group only
-        names = {torch.distributed.group.WORLD: 'default'}
+        names = {torch.distributed.group.WORLD: '0'}
     for group, name in list(names.items()):
         try:
             yield name, weakref.ref(group)

@@ -430,7 +430,9 @@ def test_fsdp_needs_a_launcher_and_excludes_deepspeed(tmp_path):
 @pytest.mark.parametrize('tool,extra', [
     ('test', ['--cfg-options', 'test_dataloader.dataset.noise=0.0']),
     ('train', ['--deepspeed', 'zero2']),
-], ids=['ddp_test', 'deepspeed_zero2_train'])
+    ('train', ['--deepspeed', 'zero2_offload']),
+    ('train', ['--fsdp']),
+], ids=['ddp_test', 'deepspeed_zero2_train', 'deepspeed_zero2_offload_train', 'fsdp_train'])
 def test_finished_two_process_run_leaves_no_communication_threads(
         tmp_path, single_process, tool, extra):
     # A process group still alive at interpreter exit tears gloo's threads down there, which
