@@ -254,7 +254,7 @@ def export_pixellm(model: nn.Module, model_cfg: Mapping, out_dir: str,
                          f'{len(tokenizer)} tokens')
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
-    llm_dtype = dtype or llm.hf_model.get_input_embeddings().weight.dtype
+    llm_dtype = dtype or llm.compute_dtype
     # Written last, but built first: a config that cannot be stored stops before any work.
     exported_cfg = _exported_model_cfg(model_cfg, model, base_vocab_size, llm_dtype)
     llm.merge_lora()

@@ -524,3 +524,82 @@ def test_released_layouts_fill_the_7b_and_13b_models_exactly(name):
         if k.startswith('model.prompt_encoder.') and k.split('.')[2] in PROMPT_ENCODER_UNUSED)
     assert out['pixel_decoder.token_fusion'].tolist() == pytest.approx([1 / 6] * 3)
     assert any('577 -> 1025 rows' in note for note in result.notes)
+
+
+# ----------------------------------------------------------------- the official trainable set
+# train_ds.py, with --resize_vision_tower_size 448: every parameter whose name contains one of these
+# is unfrozen after peft wraps the model ('mm_projector' also matches 'out_mm_projector').
+OFFICIAL_TRAINABLE = ('lm_head', 'embed_tokens', 'mask_decoder', 'text_hidden_fcs', 'mm_projector')
+# Its find_linear_layers: LoRA goes on every nn.Linear whose name has a target and none of these.
+OFFICIAL_LORA_EXCLUDED = ('visual_model', 'vision_tower', 'mm_projector', 'text_hidden_fcs',
+                          'mask_decoder', 'image_feature_neck', 'prompt_encoder')
+# Officially trainable but never reached by a loss in either code (SAM's mask heads 2-4 and its
+# IoU head: PixelLM decodes with the first mask token); frozen here so DDP sees no unused weight.
+NEVER_REACHED = ('mask_decoder.output_hypernetworks_mlps.1.', 'mask_decoder.output_hypernetworks_mlps.2.',
+                 'mask_decoder.output_hypernetworks_mlps.3.', 'mask_decoder.iou_prediction_head.')
+
+
+def official_trainable_set(official, lora_targets, r):
+    """``{toolbox key: numel}`` of what train_ds.py trains, from the official module names."""
+    from pixellm.models.converters.official_pixellm import map_official_key
+    trained = {}
+    for name, p in official.named_parameters():
+        if any(x in name for x in OFFICIAL_TRAINABLE):
+            trained[name] = p.numel()
+    for name, module in official.named_modules():
+        if (isinstance(module, nn.Linear) and any(t in name for t in lora_targets)
+                and not any(x in name for x in OFFICIAL_LORA_EXCLUDED)):
+            trained[f'{name}.lora_A'] = r * module.in_features
+            trained[f'{name}.lora_B'] = module.out_features * r
+    out, unreached = {}, 0
+    for name, numel in trained.items():
+        if any(x in name for x in NEVER_REACHED):
+            unreached += numel
+            continue
+        if name.endswith(('.lora_A', '.lora_B')):
+            module, kind = name.rsplit('.', 1)
+            key = map_official_key(module + '.weight')[:-len('weight')] + kind + '.default.weight'
+        else:
+            key = map_official_key(name)
+        assert key is not None, name
+        out[key] = numel
+    return out, unreached
+
+
+@pytest.mark.parametrize('name', ['pixellm_7b_lora_8xb2_ga10_5k_mix', 'pixellm_13b_lora_8xb2_ga10_5k_mix'])
+def test_recipes_train_what_the_official_train_ds_trains(name):
+    """The recipe's trainable weights are the official rule applied to the official names."""
+    from mmengine.config import Config
+
+    from pixellm.models.converters.official_pixellm import canonical_key
+    from pixellm.models.meta_build import count_parameters
+    cfg = Config.fromfile(osp.join(REPO, 'configs', 'pixellm', f'{name}.py')).model
+    model = build_on_meta(cfg)
+    llama = {k: v for k, v in cfg.llm.llm_config.items() if k != 'model_type'}
+    lora = cfg.llm.lora
+    with torch.device('meta'):
+        official = official_pixellm(llama, model.llm.vocab_size, 1024, 256, 8, 2048)
+    expected, unreached = official_trainable_set(official, lora.target_modules, lora.r)
+    # The official token tables hold every row; here they are the base table and the added rows.
+    added = model.llm.vocab_size - model.llm.base_vocab_size
+    hidden = llama['hidden_size']
+    for table, rows in (('llm.model.model.embed_tokens.weight', 'llm.new_embed'),
+                        ('llm.model.lm_head.weight', 'llm.new_head')):
+        expected[table] -= added * hidden
+        expected[rows] = added * hidden
+    ours = {canonical_key(k): p.numel() for k, p in model.named_parameters() if p.requires_grad}
+    assert sorted(ours) == sorted(expected)
+    assert ours == expected
+    _, trainable = count_parameters(model)
+    assert trainable == sum(expected.values())
+    # What the official run leaves at its initial values stays frozen here too.
+    frozen = {canonical_key(k) for k, p in model.named_parameters() if not p.requires_grad}
+    for key in ('pixel_decoder.image_feature_neck.0.weight', 'pixel_decoder.no_mask_embed.weight',
+                'pixel_decoder.token_fusion', 'pixel_decoder.scale_fusion',
+                'vision_encoder.vision_model.embeddings.position_embedding.weight'):
+        assert key in frozen
+    # LoRA r8 on q/v of every layer, the two full tables, the decoder, the projectors.
+    layers = llama['num_hidden_layers']
+    assert sum(v for k, v in expected.items() if 'lora_' in k) == layers * 2 * 8 * 2 * hidden
+    assert unreached == 3 * (2 * (256 * 256 + 256) + 256 * 32 + 32) + (
+        2 * (256 * 256 + 256) + 256 * 4 + 4)

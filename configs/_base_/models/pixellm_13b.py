@@ -13,5 +13,6 @@ llama2_13b = dict(model_type='llama', vocab_size=32000, hidden_size=5120, interm
 model.update(  # noqa: F405
     llm=dict(type='HFCausalLM', pretrained=llava_path, llm_config=llama2_13b,
              torch_dtype='bfloat16', attn_implementation='auto', gradient_checkpointing=True,
+             train_token_tables=True,
              lora=dict(r=8, alpha=16, dropout=0.05, target_modules=['q_proj', 'v_proj'])),
     tokenizer=dict(type='PretrainedTokenizer', name_or_path=llava_path, model_max_length=512))

@@ -1,6 +1,11 @@
 # PixelLM-7B as the official seed recipe builds it: LLaVA-Lightning-7B-v1-1 + CLIP ViT-L/14-336
 # resized to 448, --seg_token_num=3 --image_feature_scale_num=2 --separate_mm_projector
 # --vision_tower_for_mask --pad_train_clip_images, LoRA r8/alpha16 on q_proj,v_proj.
+# Trained as the official train_ds.py trains: LoRA, the whole embed_tokens and lm_head, the mask
+# decoder, text_hidden_fcs, mm_projector and out_mm_projector; the image-feature neck and the
+# "no mask" embedding keep their initial values and the fusion weights are constants. The switches
+# that train more (train_neck, learn_fusion_weights) and less (train_token_tables=False: only the
+# added token rows) are listed in configs/pixellm/README.md.
 # `pretrained` names are loaded when present (hub name or local path); the *_config dicts give the
 # same shapes for building without weights (tests count parameters on the meta device).
 llava_path = 'LLaVA-Lightning-7B-v1-1'   # local folder produced by LLaVA's delta merge
@@ -21,10 +26,11 @@ model = dict(
     vision_encoder=dict(
         type='CLIPVisionEncoder', pretrained=clip_path, vision_config=clip_vit_l14_336,
         image_size=image_size, select_layers=(-2, -11)[:image_feature_scale_num],
-        torch_dtype='bfloat16', frozen=True),
+        # The official --resize_vision_tower table; 'clip' keeps CLIP's CLS row first instead.
+        pos_embed_layout='official', torch_dtype='bfloat16', frozen=True),
     llm=dict(
         type='HFCausalLM', pretrained=llava_path, llm_config=llama_7b, torch_dtype='bfloat16',
-        attn_implementation='auto', gradient_checkpointing=True,
+        attn_implementation='auto', gradient_checkpointing=True, train_token_tables=True,
         lora=dict(r=8, alpha=16, dropout=0.05, target_modules=['q_proj', 'v_proj'])),
     tokenizer=dict(type='PretrainedTokenizer', name_or_path=llava_path, model_max_length=512),
     use_im_start_end=True,                 # official --use_mm_start_end defaults to True
@@ -32,7 +38,8 @@ model = dict(
     mask_projector=dict(type='MLPProjector', hidden_ratio=2),  # out_mm_projector
     separate_mm_projector=True,
     codebook=dict(type='SegCodebook', tokens_per_scale=seg_token_num),
-    pixel_decoder=dict(type='PixelDecoder', embed_dim=256, depth=2, num_heads=8, mlp_dim=2048),
+    pixel_decoder=dict(type='PixelDecoder', embed_dim=256, depth=2, num_heads=8, mlp_dim=2048,
+                       learn_fusion_weights=False, train_neck=False),
     loss_lm=dict(type='LMCrossEntropyLoss', loss_weight=1.0),
     loss_mask=dict(type='MaskBCELoss', loss_weight=2.0),
     loss_dice=dict(type='MaskDiceLoss', loss_weight=0.5),

@@ -136,10 +136,11 @@ class HFCausalLM(BaseModule):
 
     All version-sensitive transformers/peft calls of the toolbox live in this class.
 
-    The base vocabulary table and LM head stay frozen; tokens added to the tokenizer after the
-    checkpoint (``<im_start>``/``<im_end>``, the codebook tokens...) get their own trainable rows
-    (:meth:`add_token_rows`), so training touches a few vectors instead of the 32k-row tables the
-    official code unfreezes whole.
+    Tokens added to the tokenizer after the checkpoint (``<im_start>``/``<im_end>``, the codebook
+    tokens...) get their own trainable rows (:meth:`add_token_rows`). The base vocabulary table
+    and LM head are frozen by default, so training touches a few vectors; with
+    ``train_token_tables=True`` they train whole, as the official PixelLM ``train_ds.py``
+    unfreezes ``embed_tokens`` and ``lm_head`` (the PixelLM-7B/13B recipes do this).
 
     Args:
         pretrained (str, optional): Hub name or local path of a checkpoint (e.g. a LLaVA v1
@@ -157,6 +158,11 @@ class HFCausalLM(BaseModule):
             LLM weight except the new token rows.
         freeze (bool): Freeze the base weights. Defaults to True; False with ``lora=None`` is
             full fine-tuning.
+        train_token_tables (bool): Train the whole embedding table and LM head, base rows
+            included, as the official ``train_ds.py`` does. The two tables are then kept in
+            float32, like the added rows (the optimizer updates them in full precision); the
+            embedding output is cast to the decoder's dtype and the LM head runs in the hidden
+            states' dtype. Defaults to False: only the added rows train.
         base_vocab_size (int, optional): How many rows of the checkpoint's embedding table and
             LM head are base vocabulary. The rows past it (the added tokens that
             :meth:`fold_added_rows` wrote into the tables of an exported folder) become the
@@ -177,6 +183,7 @@ class HFCausalLM(BaseModule):
                  gradient_checkpointing: bool = False,
                  lora: Optional[Dict] = None,
                  freeze: bool = True,
+                 train_token_tables: bool = False,
                  base_vocab_size: Optional[int] = None,
                  quantization: Optional[str] = None,
                  init_cfg: Optional[Dict] = None) -> None:
@@ -226,6 +233,9 @@ class HFCausalLM(BaseModule):
         if lora:
             model = self._wrap_lora(model, lora)
         self.model = model
+        self.train_token_tables = bool(train_token_tables)
+        if self.train_token_tables:
+            self._unfreeze_token_tables()
         # transformers >= 5.2x renamed ``past_key_values`` to ``cache``; read the name once here
         # rather than inspecting the signature on every decoding step.
         decoder_params = inspect.signature(self.hf_model.get_decoder().forward).parameters
@@ -234,6 +244,24 @@ class HFCausalLM(BaseModule):
         # dtype, because mmengine's optimizer keeps no fp32 master copy of bf16 parameters.
         self.new_embed = nn.Parameter(added_embed)
         self.new_head = nn.Parameter(added_head)
+
+    def _unfreeze_token_tables(self) -> None:
+        """Make the embedding table and LM head trainable, in float32 (after peft froze them)."""
+        hf = self.hf_model
+        # Module.float() converts a tied table once: the head keeps sharing the embedding's weight.
+        for table in (hf.get_input_embeddings(), hf.get_output_embeddings()):
+            if table.weight.is_floating_point():
+                table.float()
+            table.requires_grad_(True)
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype of the decoder stack, which the input embeddings are cast to."""
+        decoder = self.hf_model.get_decoder()
+        norm = getattr(decoder, 'norm', None)
+        if norm is not None and getattr(norm, 'weight', None) is not None:
+            return norm.weight.dtype
+        return self.hf_model.get_input_embeddings().weight.dtype
 
     @staticmethod
     def _split_added_rows(model: nn.Module, base_vocab_size: Optional[int]):
@@ -365,6 +393,8 @@ class HFCausalLM(BaseModule):
                              'tokenizer extended without add_token_rows()?')
         table = self.hf_model.get_input_embeddings()
         base = table(input_ids.clamp(max=self.base_vocab_size - 1))
+        if self.train_token_tables:
+            base = base.to(self.compute_dtype)
         is_new = input_ids >= self.base_vocab_size
         if self.new_embed.shape[0] == 0:
             return base
@@ -375,7 +405,13 @@ class HFCausalLM(BaseModule):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """LM-head logits over the base vocabulary followed by the added rows."""
-        base = self.hf_model.get_output_embeddings()(hidden)
+        head = self.hf_model.get_output_embeddings()
+        if self.train_token_tables:
+            # The float32 table runs in the hidden states' dtype (autocast does the same cast).
+            base = F.linear(hidden, head.weight.to(hidden.dtype),
+                            None if head.bias is None else head.bias.to(hidden.dtype))
+        else:
+            base = head(hidden)
         if self.new_head.shape[0] == 0:
             return base
         return torch.cat([base, hidden @ self.new_head.to(hidden.dtype).t()], dim=-1)

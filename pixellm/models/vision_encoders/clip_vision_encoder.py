@@ -19,7 +19,7 @@ def interpolate_position_embedding(weight: torch.Tensor, new_grid: int,
         layout (str): ``'clip'`` keeps the CLS row first and interpolates the patch rows.
             ``'official'`` reproduces PixelLM's ``--resize_vision_tower`` exactly: it treats the
             last row as CLS and the first ``g*g`` rows (CLS included) as the grid, and puts the
-            CLS row last. Use it only to match weights produced by the official code.
+            CLS row last. The PixelLM-7B/13B recipes and the released checkpoints use it.
 
     Returns:
         Tensor: ``(1 + new_grid**2, C)``.
@@ -62,13 +62,18 @@ class CLIPVisionEncoder(BaseModule):
             the decoder consumes them. Scale 0 is the LLaVA select layer (``-2``); PixelLM's second
             scale is ``-11``. Indices follow Hugging Face's ``hidden_states`` convention (0 is the
             embedding output).
-        pos_embed_layout (str): ``'clip'`` or ``'official'``; see
-            :func:`interpolate_position_embedding`.
+        pos_embed_layout (str): How the position table is resized to ``image_size``:
+            ``'official'`` as the official PixelLM code does (the PixelLM-7B/13B recipes, and the
+            layout of the released checkpoints), ``'clip'`` (the default) keeping CLIP's CLS row
+            first; see :func:`interpolate_position_embedding`. The table is resized in float32
+            before the tower is cast to ``torch_dtype``.
         mask_padding (bool): Mask attention to patches that lie wholly in the padding added by
             longest-side-resize-and-pad preprocessing (the official ``pad_train_clip_images``).
         frozen (bool): Freeze all weights and run in eval mode. Defaults to True (PixelLM never
             trains CLIP).
-        torch_dtype (str, optional): dtype for ``from_pretrained`` (``'bfloat16'``...).
+        torch_dtype (str, optional): dtype of the tower (``'bfloat16'``...); a checkpoint is read
+            in its own precision and cast after resizing. None keeps that precision (float32 for
+            a random tower).
         init_cfg (dict, optional): mmengine init config.
     """
 
@@ -84,9 +89,11 @@ class CLIPVisionEncoder(BaseModule):
                  init_cfg: Optional[Dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
         from transformers import CLIPVisionConfig, CLIPVisionModel
+        dtype = getattr(torch, torch_dtype) if isinstance(torch_dtype, str) else torch_dtype
         if pretrained is not None:
-            dtype = getattr(torch, torch_dtype) if isinstance(torch_dtype, str) else torch_dtype
-            model = CLIPVisionModel.from_pretrained(pretrained, dtype=dtype)
+            # Loaded in the checkpoint's precision (float32 for OpenAI's CLIP) and cast after the
+            # position table is resized, as the official code resizes before casting to bf16.
+            model = CLIPVisionModel.from_pretrained(pretrained)
             # A config given next to a checkpoint describes the tower the caller expects (the 7B
             # recipe gives ViT-L/14-336's, the demo's stage 2 the tower stage 1 trained): it
             # must agree, not be silently ignored.
@@ -115,6 +122,8 @@ class CLIPVisionEncoder(BaseModule):
                                  f'{num_layers} layers (valid: {-(num_layers + 1)}..{num_layers})')
         if image_size is not None and image_size != self.config.image_size:
             self._resize(image_size, pos_embed_layout)
+        if isinstance(dtype, torch.dtype):
+            model.to(dtype)
         self.mask_padding = mask_padding
         self.frozen = frozen
         if frozen:
