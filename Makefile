@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo test-web web-demo chromium clean
+.PHONY: install test demo test-full-width test-web web-demo chromium clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ $(WEB_STAMP): $(STAMP) requirements/web.txt
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# The PixelLM-7B recipe at full width with 2 LLM layers: one bf16 training step and one generation
+# on the CPU (about 10 GB of memory; tests/test_tools/test_full_width_smoke.py).
+test-full-width: $(STAMP)
+	$(PY) -m pytest -q -m full_width tests
 
 # Generate the MUSE-format demo data (if absent), train the tiny PixelLM on the CPU, evaluate,
 # write overlays and print gIoU/cIoU next to the trivial predictors (tools/misc/run_demo.py).

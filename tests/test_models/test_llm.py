@@ -138,3 +138,123 @@ def test_auto_attention_takes_flash_attention_only_where_it_runs(monkeypatch):
     monkeypatch.undo()
     llm = HFCausalLM(llm_config=LCFG, attn_implementation='auto')
     assert llm.model.config._attn_implementation == 'sdpa'  # this machine: no CUDA
+
+
+LORA = dict(r=4, alpha=8, dropout=0.0, target_modules=['q_proj', 'v_proj'])
+TABLES = ('embed_tokens.', 'lm_head.')
+
+
+def test_train_token_tables_trains_whole_float32_tables_of_a_bf16_llm():
+    torch.manual_seed(0)
+    llm = HFCausalLM(llm_config=LCFG, torch_dtype='bfloat16', lora=LORA, train_token_tables=True)
+    llm.add_token_rows(2)
+    hf = llm.hf_model
+    emb, head = hf.get_input_embeddings().weight, hf.get_output_embeddings().weight
+    assert emb.shape == head.shape == (64, 32) and emb is not head
+    for table in (emb, head):
+        assert table.dtype == torch.float32 and table.requires_grad
+    # The decoder stays bf16 and frozen; only the LoRA adapters (peft keeps them float32) train.
+    trainable = {'new_embed', 'new_head'}
+    for name, p in llm.named_parameters():
+        if 'lora_' in name or any(t in name for t in TABLES) or name in trainable:
+            assert p.requires_grad, name
+        else:
+            assert p.dtype == torch.bfloat16 and not p.requires_grad, name
+    assert sum('lora_' in n for n, _ in llm.named_parameters()) == 2 * 2 * 2
+    with torch.no_grad():
+        llm.new_head.copy_(torch.randn(2, 32))
+
+    # embed(): the float32 base rows reach the decoder in its dtype, the added rows too.
+    ids = torch.tensor([[3, 7, 64, 7, 20, 65, 3, 41]])
+    inputs = llm.embed(ids)
+    assert inputs.dtype == torch.bfloat16
+    base = ids[0] < 64
+    assert torch.equal(inputs[0, base], emb.detach()[ids[0, base]].to(torch.bfloat16))
+    assert torch.equal(inputs[0, ~base], llm.new_embed.detach()[ids[0, ~base] - 64].bfloat16())
+
+    # logits(): the float32 head runs in the hidden states' dtype, followed by the added rows.
+    h = torch.randn(1, 5, 32, dtype=torch.bfloat16)
+    with torch.no_grad():
+        logits = llm.logits(h)
+        expected = h @ torch.cat([head, llm.new_head]).to(torch.bfloat16).t()
+    assert logits.dtype == torch.bfloat16 and logits.shape == (1, 5, 66)
+    torch.testing.assert_close(logits, expected)
+
+    # One backward through the decoder: the embedding rows of the ids that occurred get exactly
+    # the sum of their positions' input gradients, no other row any; every head row a gradient.
+    llm.train()
+    inputs = llm.embed(ids)
+    inputs.retain_grad()
+    out = llm(inputs)
+    out['hidden'].retain_grad()
+    out['logits'].retain_grad()
+    labels = torch.tensor([7, 64, 7, 20, 65, 3, 41, 5])
+    torch.nn.functional.cross_entropy(out['logits'][0].float(), labels).backward()
+    assert emb.grad.dtype == head.grad.dtype == torch.float32
+    seen = sorted(set(ids[0, base].tolist()))
+    assert seen == [3, 7, 20, 41]
+    nonzero_rows = emb.grad.abs().sum(1).nonzero().flatten().tolist()
+    assert nonzero_rows == seen
+    expected_emb = torch.zeros(64, 32, dtype=torch.float64)
+    expected_emb.index_add_(0, ids[0, base], inputs.grad[0, base].double())
+    torch.testing.assert_close(emb.grad.double(), expected_emb, rtol=1e-6, atol=1e-9)
+    assert bool((head.grad.abs().sum(1) > 0).all())
+    # d loss / d head = d loss / d logits^T @ hidden, over the base-vocabulary columns.
+    expected_head = out['logits'].grad[0, :, :64].float().t() @ out['hidden'][0].detach().float()
+    torch.testing.assert_close(head.grad, expected_head, rtol=2e-2, atol=1e-4)
+    assert llm.new_embed.grad.abs().sum() > 0 and llm.new_head.grad.abs().sum() > 0
+
+
+def test_token_tables_stay_bf16_and_frozen_by_default():
+    llm = HFCausalLM(llm_config=LCFG, torch_dtype='bfloat16', lora=LORA)
+    hf = llm.hf_model
+    for table in (hf.get_input_embeddings().weight, hf.get_output_embeddings().weight):
+        assert table.dtype == torch.bfloat16 and not table.requires_grad
+    assert llm.embed(torch.tensor([[1, 2]])).dtype == torch.bfloat16
+
+
+def test_train_token_tables_keeps_tied_tables_one_parameter():
+    torch.manual_seed(0)
+    llm = HFCausalLM(llm_config=dict(LCFG, tie_word_embeddings=True), torch_dtype='bfloat16',
+                     lora=LORA, train_token_tables=True)
+    hf = llm.hf_model
+    emb, head = hf.get_input_embeddings().weight, hf.get_output_embeddings().weight
+    assert head is emb
+    assert emb.dtype == torch.float32 and emb.requires_grad
+    # One trainable table, counted once; both ends of the model read it.
+    assert sum(any(t in n for t in TABLES) for n, p in llm.named_parameters()
+               if p.requires_grad) == 1
+    h = torch.randn(1, 3, 32, dtype=torch.bfloat16)
+    with torch.no_grad():
+        torch.testing.assert_close(llm.logits(h), h @ emb.to(torch.bfloat16).t())
+
+
+def test_adamw_step_moves_only_the_base_rows_that_occurred():
+    torch.manual_seed(0)
+    llm = HFCausalLM(llm_config=LCFG, torch_dtype='bfloat16', lora=LORA, train_token_tables=True)
+    llm.add_token_rows(2)
+    llm.train()
+    hf = llm.hf_model
+    emb, head = hf.get_input_embeddings().weight, hf.get_output_embeddings().weight
+    before_emb, before_head = emb.detach().clone(), head.detach().clone()
+    ids = torch.tensor([[3, 7, 64, 7, 20, 65, 3, 41]])
+    labels = torch.tensor([7, 64, 7, 20, 65, 3, 41, 5])
+    lr = 1e-3
+    # The recipes' optimizer (configs/_base_/schedules/pixellm_10e_5k.py): no weight decay.
+    opt = torch.optim.AdamW([p for p in llm.parameters() if p.requires_grad], lr=lr,
+                            betas=(0.9, 0.95), weight_decay=0.0)
+    logits = llm(llm.embed(ids))['logits']
+    torch.nn.functional.cross_entropy(logits[0].float(), labels).backward()
+    grad_emb, grad_head = emb.grad.clone(), head.grad.clone()
+    opt.step()
+    occurred = torch.zeros(64, dtype=torch.bool)
+    occurred[[3, 7, 20, 41]] = True
+    assert torch.equal(emb.detach()[~occurred], before_emb[~occurred])
+    assert bool((emb.detach()[occurred] != before_emb[occurred]).any(1).all())
+    assert bool((head.detach() != before_head).any(1).all())
+    # Adam's first step moves each weight by lr * g / (|g| + eps), in float32 precision.
+    for new, old, g in ((emb.detach()[occurred], before_emb[occurred], grad_emb[occurred]),
+                        (head.detach(), before_head, grad_head)):
+        g = g.double()
+        expected = old.double() - lr * g / (g.abs() + 1e-8)
+        torch.testing.assert_close(new.double(), expected, rtol=0, atol=1e-7)

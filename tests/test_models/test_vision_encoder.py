@@ -103,3 +103,38 @@ def test_a_checkpoint_loads_and_must_match_a_config_given_with_it(tmp_path):
                        'patch_size=8 in the config but 14 in the checkpoint'):
         CLIPVisionEncoder(pretrained=str(tmp_path), vision_config=dict(VCFG, hidden_size=64,
                                                                         patch_size=8))
+
+
+def test_checkpoint_table_is_resized_in_float32_then_the_tower_cast(tmp_path):
+    """The official code resizes CLIP's float32 position table, then casts the tower to bf16."""
+    small = dict(VCFG, num_hidden_layers=2, image_size=28)  # grid 2: a 5-row table
+    torch.manual_seed(0)
+    clip = CLIPVisionModel(CLIPVisionConfig(**small))
+    table = getattr(clip, 'vision_model', clip).embeddings.position_embedding.weight
+    with torch.no_grad():
+        # Values of order 100 with float32 detail: rounding to bf16 before resizing shows.
+        table.copy_(100 * torch.randn_like(table))
+    table = table.detach().clone()
+    assert table.dtype == torch.float32 and table.shape == (5, 32)
+    clip.save_pretrained(str(tmp_path))
+    enc = CLIPVisionEncoder(pretrained=str(tmp_path), image_size=56, select_layers=(-2,),
+                            pos_embed_layout='official', torch_dtype='bfloat16')
+    # The official rule: the first g*g rows (CLS row 0 included) are the grid, the last row is
+    # taken as CLS and goes last.
+    grid = table[:4].t().reshape(1, 32, 2, 2)
+    resized = F.interpolate(grid, (4, 4), mode='bilinear', align_corners=False)[0]
+    expected = torch.cat([resized.flatten(1).t(), table[4:]]).to(torch.bfloat16)
+    got = enc.vision_model.embeddings.position_embedding.weight
+    assert got.shape == (17, 32) and got.dtype == torch.bfloat16
+    assert torch.equal(got, expected)
+    # Resizing the table after the bf16 cast gives other values.
+    grid16 = table[:4].bfloat16().float().t().reshape(1, 32, 2, 2)
+    resized16 = F.interpolate(grid16, (4, 4), mode='bilinear', align_corners=False)[0]
+    late = torch.cat([resized16.flatten(1).t(), table[4:]]).to(torch.bfloat16)
+    assert not torch.equal(got, late)
+    assert all(p.dtype == torch.bfloat16 for p in enc.parameters())
+    assert enc.grid_size == 4
+    assert enc(torch.randn(1, 3, 56, 56))[0].dtype == torch.bfloat16
+    # A random tower is cast as well.
+    random = CLIPVisionEncoder(vision_config=small, select_layers=(-2,), torch_dtype='bfloat16')
+    assert all(p.dtype == torch.bfloat16 for p in random.parameters())

@@ -532,6 +532,73 @@ def bench_infer(model, args, device: str, dtype: torch.dtype) -> Dict:
                         predicted_masks=result['targets']))
 
 
+# Module kinds whose time the profile sums (record_function ranges around their forward).
+PROFILED_PARTS = ('vision_encoder', 'projector', 'mask_projector', 'llm', 'pixel_decoder')
+
+
+def _label_parts(model):
+    """Forward pre/post hooks that open a ``record_function`` range per part of the model."""
+    from torch.profiler import record_function
+    handles = []
+    for name in PROFILED_PARTS:
+        part = getattr(model, name, None)
+        if part is None:
+            continue
+        ranges = []
+
+        def pre(module, inputs, name=name, ranges=ranges):
+            ranges.append(record_function(f'part::{name}'))
+            ranges[-1].__enter__()
+
+        def post(module, inputs, output, ranges=ranges):
+            ranges.pop().__exit__(None, None, None)
+
+        handles += [part.register_forward_pre_hook(pre), part.register_forward_hook(post)]
+    return handles
+
+
+def profile_modes(model, cfg, args, device: str, dtype: torch.dtype) -> None:
+    """Profile 3 steps of each benchmarked mode; write the top operators and the part totals."""
+    from torch.profiler import ProfilerActivity, profile
+    os.makedirs(args.profile, exist_ok=True)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == 'cuda' else [])
+    sort = 'self_cuda_time_total' if device == 'cuda' else 'self_cpu_time_total'
+    modes = ('train', 'infer') if args.mode == 'both' else (args.mode, )
+    for mode in modes:
+        steps, warmup = args.steps, args.warmup
+        args.steps, args.warmup = 3, 0
+        handles = _label_parts(model)
+        try:
+            with profile(activities=activities, record_shapes=False) as prof:
+                if mode == 'train':
+                    bench_train(model, cfg, args, device, dtype)
+                else:
+                    bench_infer(model, args, device, dtype)
+            _sync(device)
+        finally:
+            for h in handles:
+                h.remove()
+            args.steps, args.warmup = steps, warmup
+        table = prof.key_averages().table(sort_by=sort, row_limit=30)
+        with open(osp.join(args.profile, f'{mode}_ops.txt'), 'w') as f:
+            f.write(table)
+        # Time inside each part's forward ranges (backward runs outside them), per step: the
+        # host time between entering and leaving the range and, on CUDA, the kernels' time.
+        parts = {}
+        for evt in prof.key_averages():
+            if evt.key.startswith('part::'):
+                gpu = getattr(evt, 'device_time_total', 0.0) or 0.0
+                parts[evt.key[6:]] = (evt.cpu_time_total / 1e3 / 3, gpu / 1e3 / 3,
+                                      evt.count // 3)
+        lines = [f'{mode}: forward time per step by part: host ms, device ms, calls per step']
+        lines += [f'  {k:<16}{v[0]:>10.1f}{v[1]:>10.1f}{v[2]:>6}'
+                  for k, v in sorted(parts.items())]
+        with open(osp.join(args.profile, f'{mode}_modules.txt'), 'w') as f:
+            f.write('\n'.join(lines) + '\n')
+        print('\n'.join(lines))
+        print(f'profile of {mode} written to {args.profile}/{mode}_ops.txt')
+
+
 def _report(mode, times, flops, samples, tokens, extra) -> Dict:
     st = _stats(times)
     total = sum(flops.values())
@@ -580,6 +647,11 @@ def parse_args(argv=None):
                         help='side of the peak matmul; defaults to 8192 on CUDA, 2048 on CPU')
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads')
     parser.add_argument('--out', default=None, help='write the results as json here')
+    parser.add_argument('--profile', default=None, metavar='DIR',
+                        help='after the timed runs, profile 3 steps of each mode with '
+                             'torch.profiler and write the operators that take the most time '
+                             '(DIR/<mode>_ops.txt) and the time per module kind '
+                             '(DIR/<mode>_modules.txt)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default=None,
                         help='override config keys, e.g. to shrink a recipe for a dry run')
     return parser.parse_args(argv)
@@ -607,7 +679,10 @@ def main(argv=None) -> Dict:
     peak = measure_peak_tflops(device, dtype, peak_size)
     print(f'measured matmul peak: {peak:.3f} TFLOP/s ({dtype_name}, {peak_size}^3, {device})')
 
-    model = build_random_init(cfg.model).to(device)
+    # Drawn on the device itself: a 7B model's random initialisation on the CPU takes minutes.
+    with torch.device(device):
+        model = build_random_init(cfg.model)
+    model.to(device)
     total, trainable = count_parameters(model)
     args.seq_len = args.seq_len or model.tokenizer.model_max_length
     args.targets = 3 if args.targets is None else args.targets
@@ -629,6 +704,8 @@ def main(argv=None) -> Dict:
         runs[-1]['batch_size'] = 1
     for r in runs:
         r['mfu'] = r['achieved_tflops'] / peak
+    if args.profile:
+        profile_modes(model, cfg, args, device, dtype)
     result = dict(
         config=args.config, device=device,
         device_name=(torch.cuda.get_device_name() if device == 'cuda'
