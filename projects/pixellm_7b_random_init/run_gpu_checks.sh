@@ -3,14 +3,15 @@
 #   1. tools/analysis/benchmark.py on the recipe (bf16, batch 2, sequence 512, gradient
 #      checkpointing as configured): step time, samples/s, peak memory, MFU; inference with 3
 #      targets; a torch.profiler pass of both;
-#   2. random-weight checkpoints (make_random_weights.py) and generated MUSE-format data, then
+#   2. random-weight checkpoints (make_random_weights.py) and the demo's MUSE-format data, then
 #      tools/train.py for 20 iterations (the recipe's AmpOptimWrapper, bf16), the loss of the first
 #      and last iterations, tools/test.py on 4 questions and tools/chat.py one-shot;
-#   3. DeepSpeed ZeRO-2 (tools/dist_train.sh ... --deepspeed zero2) for 5 iterations.
+#   3. DeepSpeed ZeRO-2 (tools/dist_train.sh ... --deepspeed zero2) for 5 iterations;
+#   4. the benchmark's training step without gradient checkpointing.
 # Usage (from the repository root):
 #   bash projects/pixellm_7b_random_init/run_gpu_checks.sh [OUT_DIR]
 # OUT_DIR (default work_dirs/gpu_checks) receives run.log (what each step printed last),
-# benchmark_7b.json, prof/ (the profiles) and logs.tar.gz (every step's whole log). Each step runs
+# benchmark_7b*.json, prof/ (the profiles) and logs.tar.gz (every step's whole log). Each step runs
 # even when an earlier one failed, and its exit status is logged. PYTHON picks the interpreter
 # (default python3). For a dry run elsewhere: DEVICE (default cuda) for the benchmark and the
 # weights; BENCH_OPTIONS / WEIGHT_OPTIONS / TRAIN_OPTIONS add --cfg-options to the benchmark, the
@@ -44,13 +45,13 @@ print(torch.__version__, torch.cuda.get_device_name(), transformers.__version__,
 mmengine.__version__, deepspeed.__version__)'"
 
 TAIL=45 step benchmark 240 $PYTHON tools/analysis/benchmark.py "$RECIPE" --device "$DEVICE" \
-    --dtype bf16 --mode both ${BENCH_STEPS:---steps 10 --warmup 2} --targets 3 --new-tokens 32 \
+    --dtype bf16 --mode both ${BENCH_STEPS:---steps 10 --warmup 2} --targets 3 \
     --out "$OUT/benchmark_7b.json" --profile "$OUT/prof" ${BENCH_OPTIONS:+--cfg-options $BENCH_OPTIONS}
 
 step weights 180 $PYTHON projects/pixellm_7b_random_init/make_random_weights.py "$RECIPE" \
     --out work_dirs/random_7b --device "$DEVICE" ${WEIGHT_OPTIONS:+--cfg-options $WEIGHT_OPTIONS}
-step data 120 $PYTHON tools/misc/generate_demo_data.py --out data/muse_demo --num-train 200 \
-    --num-val 20
+# The CPU demo's dataset (make demo writes the same; an existing one is reused).
+step data 120 $PYTHON tools/misc/generate_demo_data.py --out data/muse_demo
 
 TAIL=12 step train 300 $PYTHON tools/train.py "$CFG" --work-dir "$WORK" \
     ${TRAIN_OPTIONS:+--cfg-options $TRAIN_OPTIONS}
@@ -77,4 +78,9 @@ step chat 180 $PYTHON tools/chat.py "$CFG" "$CKPT" --image "data/muse_demo/image
 TAIL=12 step deepspeed_zero2 300 bash tools/dist_train.sh "$CFG" 1 --deepspeed zero2 \
     --work-dir "${WORK}_zero2" --cfg-options train_cfg.max_iters=5 \
     default_hooks.checkpoint.save_last=False ${TRAIN_OPTIONS:-}
+# What gradient checkpointing costs: the training step without it.
+TAIL=20 step benchmark_no_checkpointing 150 $PYTHON tools/analysis/benchmark.py "$RECIPE" \
+    --device "$DEVICE" --dtype bf16 --mode train ${BENCH_STEPS:---steps 10 --warmup 2} \
+    --targets 3 --out "$OUT/benchmark_7b_no_checkpointing.json" --cfg-options \
+    model.llm.gradient_checkpointing=False ${BENCH_OPTIONS:-}
 echo "=== done" | tee -a "$OUT/run.log"

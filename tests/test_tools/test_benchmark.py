@@ -176,3 +176,29 @@ def test_7b_recipe_path_runs_shrunk_on_cpu(bench, tmp_path):
     assert result['dtype'] == 'bf16' and result['params_trainable'] < result['params_total']
     assert train['flops_breakdown']['llm_lora'] > 0
     assert infer['predicted_masks'] == 1
+
+
+def test_profile_writes_operator_tables_and_part_times(bench, tmp_path):
+    """--profile writes both modes' top operators and per-part forward times; without
+    --new-tokens, inference generates enough tokens for every target of --targets."""
+    prof = tmp_path / 'prof'
+    result = bench.main([DEMO_CFG, '--mode', 'both', '--device', 'cpu', '--dtype', 'fp32',
+                         '--steps', '1', '--warmup', '0', '--batch-size', '1', '--seq-len', '160',
+                         '--targets', '3', '--peak-size', '128', '--profile', str(prof)])
+    infer = result['runs'][1]
+    model_cfg = Config.fromfile(DEMO_CFG).model
+    tok = build_random_init(model_cfg).tokenizer
+    needed = len(tok(' and '.join(['[SEG0] [SEG1] [SEG2] [SEG3] [SEG4] [SEG5]'] * 3),
+                     add_special_tokens=False).input_ids) + 1
+    assert infer['new_tokens'] == max(32, needed)
+    assert infer['predicted_masks'] == 3
+    for mode in ('train', 'infer'):
+        ops = (prof / f'{mode}_ops.txt').read_text()
+        assert 'aten::mm' in ops or 'aten::addmm' in ops
+        lines = (prof / f'{mode}_modules.txt').read_text().splitlines()
+        parts = {line.split()[0]: line.split() for line in lines[1:]}
+        assert {'llm', 'vision_encoder', 'projector', 'pixel_decoder'} <= set(parts)
+        # One LLM forward per training step; one per generated token at inference.
+        calls = int(parts['llm'][-1])
+        assert calls == (1 if mode == 'train' else infer['new_tokens'])
+        assert all(float(p[1]) > 0 for p in parts.values())

@@ -508,6 +508,11 @@ def bench_infer(model, args, device: str, dtype: torch.dtype) -> Dict:
     The hook only edits logits; every forward still runs in full.
     """
     model.eval()
+    if args.new_tokens is None:
+        # Room for every target's tokens, and at least 32 tokens of generation.
+        needed = len(model.tokenizer(' and '.join([model.codebook.target_text] * args.targets),
+                                     add_special_tokens=False).input_ids) + 1
+        args.new_tokens = max(32, needed)
     model.max_new_tokens = args.new_tokens
     steer = GenerationSteer(model, forced_answer_ids(model, args.targets, args.new_tokens))
     images, samples = synthetic_batch(model, 1, args.seq_len, args.targets)
@@ -532,6 +537,8 @@ def bench_infer(model, args, device: str, dtype: torch.dtype) -> Dict:
                         predicted_masks=result['targets']))
 
 
+# Steps each mode is profiled for (after the timed runs, so caches and kernels are warm).
+PROFILE_STEPS = 2
 # Module kinds whose time the profile sums (record_function ranges around their forward).
 PROFILED_PARTS = ('vision_encoder', 'projector', 'mask_projector', 'llm', 'pixel_decoder')
 
@@ -558,7 +565,8 @@ def _label_parts(model):
 
 
 def profile_modes(model, cfg, args, device: str, dtype: torch.dtype) -> None:
-    """Profile 3 steps of each benchmarked mode; write the top operators and the part totals."""
+    """Profile :data:`PROFILE_STEPS` steps of each benchmarked mode; write the top operators and
+    the part totals."""
     from torch.profiler import ProfilerActivity, profile
     os.makedirs(args.profile, exist_ok=True)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == 'cuda' else [])
@@ -566,7 +574,7 @@ def profile_modes(model, cfg, args, device: str, dtype: torch.dtype) -> None:
     modes = ('train', 'infer') if args.mode == 'both' else (args.mode, )
     for mode in modes:
         steps, warmup = args.steps, args.warmup
-        args.steps, args.warmup = 3, 0
+        args.steps, args.warmup = PROFILE_STEPS, 0
         handles = _label_parts(model)
         try:
             with profile(activities=activities, record_shapes=False) as prof:
@@ -579,17 +587,18 @@ def profile_modes(model, cfg, args, device: str, dtype: torch.dtype) -> None:
             for h in handles:
                 h.remove()
             args.steps, args.warmup = steps, warmup
-        table = prof.key_averages().table(sort_by=sort, row_limit=30)
+        averages = prof.key_averages()
+        table = averages.table(sort_by=sort, row_limit=30)
         with open(osp.join(args.profile, f'{mode}_ops.txt'), 'w') as f:
             f.write(table)
         # Time inside each part's forward ranges (backward runs outside them), per step: the
         # host time between entering and leaving the range and, on CUDA, the kernels' time.
         parts = {}
-        for evt in prof.key_averages():
+        for evt in averages:
             if evt.key.startswith('part::'):
                 gpu = getattr(evt, 'device_time_total', 0.0) or 0.0
-                parts[evt.key[6:]] = (evt.cpu_time_total / 1e3 / 3, gpu / 1e3 / 3,
-                                      evt.count // 3)
+                parts[evt.key[6:]] = (evt.cpu_time_total / 1e3 / PROFILE_STEPS,
+                                      gpu / 1e3 / PROFILE_STEPS, evt.count // PROFILE_STEPS)
         lines = [f'{mode}: forward time per step by part: host ms, device ms, calls per step']
         lines += [f'  {k:<16}{v[0]:>10.1f}{v[1]:>10.1f}{v[2]:>6}'
                   for k, v in sorted(parts.items())]
@@ -640,15 +649,16 @@ def parse_args(argv=None):
                              'defaults to the tokenizer\'s model_max_length')
     parser.add_argument('--targets', type=int, default=None,
                         help='targets per answer; defaults to 3')
-    parser.add_argument('--new-tokens', type=int, default=32,
+    parser.add_argument('--new-tokens', type=int, default=None,
                         help='tokens generated per inference step (the first ones are forced to '
-                             'name targets, see bench_infer)')
+                             'name targets, see bench_infer); defaults to 32, or more when the '
+                             '--targets targets need more')
     parser.add_argument('--peak-size', type=int, default=None,
                         help='side of the peak matmul; defaults to 8192 on CUDA, 2048 on CPU')
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads')
     parser.add_argument('--out', default=None, help='write the results as json here')
     parser.add_argument('--profile', default=None, metavar='DIR',
-                        help='after the timed runs, profile 3 steps of each mode with '
+                        help='after the timed runs, profile 2 steps of each mode with '
                              'torch.profiler and write the operators that take the most time '
                              '(DIR/<mode>_ops.txt) and the time per module kind '
                              '(DIR/<mode>_modules.txt)')
