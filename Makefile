@@ -25,7 +25,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 # The PixelLM-7B recipe at full width with 2 LLM layers: one bf16 training step and one generation
-# on the CPU (about 10 GB of memory; tests/test_tools/test_full_width_smoke.py).
+# on the CPU (about 11 GB of memory; tests/test_tools/test_full_width_smoke.py).
 test-full-width: $(STAMP)
 	$(PY) -m pytest -q -m full_width tests
 

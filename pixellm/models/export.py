@@ -188,8 +188,10 @@ def _exported_model_cfg(model_cfg: Mapping, model: nn.Module, base_vocab_size: i
     cfg.pop('init_cfg', None)  # the weights come from the folder, nothing to initialise
     llm = {k: v for k, v in cfg['llm'].items() if k not in _LLM_SOURCE_KEYS}
     model_type = (cfg['llm'].get('llm_config') or {}).get('model_type', 'llama')
+    # The folder's tables are in llm_dtype; nothing is trained from it unless a config says so.
     llm.update(pretrained=LLM_DIR, llm_config=dict(model_type=model_type),
-               torch_dtype=_dtype_name(llm_dtype), lora=None, base_vocab_size=base_vocab_size)
+               torch_dtype=_dtype_name(llm_dtype), lora=None, base_vocab_size=base_vocab_size,
+               train_token_tables=False)
     cfg['llm'] = llm
     tokenizer = cfg['tokenizer']
     kept = {k: tokenizer[k] for k in _TOKENIZER_KEYS if k in tokenizer}

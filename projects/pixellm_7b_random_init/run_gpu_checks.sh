@@ -7,7 +7,8 @@
 #      tools/train.py for 20 iterations (the recipe's AmpOptimWrapper, bf16), the loss of the first
 #      and last iterations, tools/test.py on 4 questions and tools/chat.py one-shot;
 #   3. DeepSpeed ZeRO-2 (tools/dist_train.sh ... --deepspeed zero2) for 5 iterations;
-#   4. the benchmark's training step without gradient checkpointing.
+#   4. a torch.profiler pass of both benchmark modes, and the benchmark's training step without
+#      gradient checkpointing.
 # Usage (from the repository root):
 #   bash projects/pixellm_7b_random_init/run_gpu_checks.sh [OUT_DIR]
 # OUT_DIR (default work_dirs/gpu_checks) receives run.log (what each step printed last),
@@ -24,7 +25,8 @@ PYTHON=${PYTHON:-python3}
 RECIPE=configs/pixellm/pixellm_7b_lora_8xb2_ga10_5k_mix.py
 CFG=${CFG:-projects/pixellm_7b_random_init/configs/pixellm_7b_lora_random_muse.py}
 DEVICE=${DEVICE:-cuda}
-WORK=work_dirs/pixellm_7b_lora_random_muse
+# A fresh folder per run: the loss check and the test read this run's log and checkpoint.
+WORK=work_dirs/pixellm_7b_lora_random_muse/$(date +%Y%m%d_%H%M%S)
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHON
 mkdir -p "$OUT/logs" "$OUT/prof"
 
@@ -46,7 +48,7 @@ mmengine.__version__, deepspeed.__version__)'"
 
 TAIL=45 step benchmark 240 $PYTHON tools/analysis/benchmark.py "$RECIPE" --device "$DEVICE" \
     --dtype bf16 --mode both ${BENCH_STEPS:---steps 10 --warmup 2} --targets 3 \
-    --out "$OUT/benchmark_7b.json" --profile "$OUT/prof" ${BENCH_OPTIONS:+--cfg-options $BENCH_OPTIONS}
+    --out "$OUT/benchmark_7b.json" ${BENCH_OPTIONS:+--cfg-options $BENCH_OPTIONS}
 
 step weights 180 $PYTHON projects/pixellm_7b_random_init/make_random_weights.py "$RECIPE" \
     --out work_dirs/random_7b --device "$DEVICE" ${WEIGHT_OPTIONS:+--cfg-options $WEIGHT_OPTIONS}
@@ -78,6 +80,10 @@ step chat 180 $PYTHON tools/chat.py "$CFG" "$CKPT" --image "data/muse_demo/image
 TAIL=12 step deepspeed_zero2 300 bash tools/dist_train.sh "$CFG" 1 --deepspeed zero2 \
     --work-dir "${WORK}_zero2" --cfg-options train_cfg.max_iters=5 \
     default_hooks.checkpoint.save_last=False ${TRAIN_OPTIONS:-}
+# Where the time goes: torch.profiler over both modes (last: it can take minutes).
+TAIL=20 step profile 300 $PYTHON tools/analysis/benchmark.py "$RECIPE" --device "$DEVICE" \
+    --dtype bf16 --mode both --steps 1 --warmup 1 --targets 3 --profile "$OUT/prof" \
+    ${BENCH_OPTIONS:+--cfg-options $BENCH_OPTIONS}
 # What gradient checkpointing costs: the training step without it.
 TAIL=20 step benchmark_no_checkpointing 150 $PYTHON tools/analysis/benchmark.py "$RECIPE" \
     --device "$DEVICE" --dtype bf16 --mode train ${BENCH_STEPS:---steps 10 --warmup 2} \

@@ -248,3 +248,41 @@ def test_dtype_casts_the_llm_only(tool, trained, tmp_path):
     assert {t.dtype for t in parts.values()} == {torch.float32}
     torch.testing.assert_close(llm['lm_head.weight'][1024:].float(), trained[0].llm.new_head,
                                atol=1e-2, rtol=1e-2)
+
+
+def test_whole_table_training_loads_across_the_switch_and_exports_for_inference(trained,
+                                                                                tmp_path):
+    """A checkpoint trained with only the added rows loads into a model that trains the whole
+    tables (bf16 LLM, float32 tables) and computes the same; that model exports a folder that
+    loads for inference, tables in the LLM's dtype and frozen."""
+    from pixellm.models import load_exported
+    from pixellm.models.export import export_pixellm
+    model = trained[0]
+    llm_cfg = dict(tiny_model_cfg()['llm'], torch_dtype='bfloat16')
+    rows_only = build_tiny(seed=2, llm=llm_cfg).eval()
+    rows_only.load_state_dict(model.state_dict())
+    whole_cfg = tiny_model_cfg(llm=dict(llm_cfg, train_token_tables=True))
+    whole = build_tiny(seed=3, llm=whole_cfg['llm']).eval()
+    whole.load_state_dict(rows_only.state_dict())  # strict: same keys, tables cast to float32
+    table = whole.llm.hf_model.get_input_embeddings().weight
+    assert table.dtype == torch.float32 and table.requires_grad
+    with torch.no_grad():
+        want = rows_only(**make_batch(rows_only), mode='tensor')
+        got = whole(**make_batch(whole), mode='tensor')
+    torch.testing.assert_close(got['logits'], want['logits'])
+    # And back: the float32 tables load into the rows-only model (cast to bf16).
+    back = build_tiny(seed=4, llm=llm_cfg).eval()
+    back.load_state_dict(whole.state_dict())
+    assert torch.equal(back.llm.hf_model.get_input_embeddings().weight,
+                       rows_only.llm.hf_model.get_input_embeddings().weight)
+
+    out = str(tmp_path / 'export')
+    info = export_pixellm(whole, whole_cfg, out)
+    assert info['model']['llm']['train_token_tables'] is False
+    assert info['llm_dtype'] == 'bfloat16'
+    reloaded = load_exported(out).eval()
+    head = reloaded.llm.hf_model.get_output_embeddings().weight
+    assert head.dtype == torch.bfloat16 and not head.requires_grad
+    with torch.no_grad():
+        again = reloaded(**make_batch(reloaded), mode='tensor')
+    torch.testing.assert_close(again['logits'], want['logits'], atol=0.05, rtol=0.05)

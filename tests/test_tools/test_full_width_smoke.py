@@ -4,8 +4,8 @@ The recipe as it is (CLIP ViT-L/14 at 448, LLaMA-7B widths and vocabulary, LoRA,
 decoder, the official trainable set) with 2 LLM layers instead of 32, random weights, built and
 run through tools/analysis/benchmark.py's code: its random-init builder, the recipe's optimizer
 wrapper (on the CPU mmengine's ``AmpOptimWrapper`` becomes an ``OptimWrapper`` with the same
-AdamW and clipping under bf16 autocast) and its steered generation. About 10 GB of memory and a
-minute or two on 2 cores, so ``make test`` leaves it out (marker ``full_width``) and
+AdamW and clipping under bf16 autocast) and its steered generation. About 11 GB of memory and
+70 s on 2 cores, so ``make test`` leaves it out (marker ``full_width``) and
 ``make test-full-width`` (run by CI) runs it.
 """
 import copy

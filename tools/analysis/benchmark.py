@@ -591,16 +591,25 @@ def profile_modes(model, cfg, args, device: str, dtype: torch.dtype) -> None:
         table = averages.table(sort_by=sort, row_limit=30)
         with open(osp.join(args.profile, f'{mode}_ops.txt'), 'w') as f:
             f.write(table)
-        # Time inside each part's forward ranges (backward runs outside them), per step: the
-        # host time between entering and leaving the range and, on CUDA, the kernels' time.
+        # Time inside each part's forward ranges (backward runs outside them), per step. The
+        # profiler lists a range twice on CUDA: as a host event (host time between entering and
+        # leaving it, the call count, the time of the kernels launched inside it) and as a device
+        # annotation (the span from its first kernel's start to its last kernel's end, idle
+        # gaps included).
         parts = {}
         for evt in averages:
-            if evt.key.startswith('part::'):
-                gpu = getattr(evt, 'device_time_total', 0.0) or 0.0
-                parts[evt.key[6:]] = (evt.cpu_time_total / 1e3 / PROFILE_STEPS,
-                                      gpu / 1e3 / PROFILE_STEPS, evt.count // PROFILE_STEPS)
-        lines = [f'{mode}: forward time per step by part: host ms, device ms, calls per step']
-        lines += [f'  {k:<16}{v[0]:>10.1f}{v[1]:>10.1f}{v[2]:>6}'
+            if not evt.key.startswith('part::'):
+                continue
+            row = parts.setdefault(evt.key[6:], [0.0, 0.0, 0.0, 0])
+            device_time = (getattr(evt, 'device_time_total', 0.0) or 0.0) / 1e3 / PROFILE_STEPS
+            if str(getattr(evt, 'device_type', 'CPU')).endswith('CPU'):
+                row[0] = evt.cpu_time_total / 1e3 / PROFILE_STEPS
+                row[1] = device_time
+                row[3] = evt.count // PROFILE_STEPS
+            else:
+                row[2] = device_time
+        lines = [f'{mode}: forward per step by part: host ms, kernel ms, device span ms, calls']
+        lines += [f'  {k:<16}{v[0]:>10.1f}{v[1]:>10.1f}{v[2]:>10.1f}{v[3]:>6}'
                   for k, v in sorted(parts.items())]
         with open(osp.join(args.profile, f'{mode}_modules.txt'), 'w') as f:
             f.write('\n'.join(lines) + '\n')
@@ -714,8 +723,6 @@ def main(argv=None) -> Dict:
         runs[-1]['batch_size'] = 1
     for r in runs:
         r['mfu'] = r['achieved_tflops'] / peak
-    if args.profile:
-        profile_modes(model, cfg, args, device, dtype)
     result = dict(
         config=args.config, device=device,
         device_name=(torch.cuda.get_device_name() if device == 'cuda'
@@ -731,6 +738,9 @@ def main(argv=None) -> Dict:
         with open(args.out, 'w') as f:
             json.dump(result, f, indent=2)
         print(f'\nwrote {args.out}')
+    # After the figures are printed and written: a profile can take long on a big model.
+    if args.profile:
+        profile_modes(model, cfg, args, device, dtype)
     return result
 
 

@@ -248,8 +248,13 @@ class HFCausalLM(BaseModule):
     def _unfreeze_token_tables(self) -> None:
         """Make the embedding table and LM head trainable, in float32 (after peft froze them)."""
         hf = self.hf_model
+        head = hf.get_output_embeddings()
+        if type(head) is not nn.Linear:
+            # logits() applies the float32 head as a plain linear map in the hidden states' dtype.
+            raise ValueError(f'train_token_tables needs the LM head to be a plain nn.Linear, got '
+                             f'{type(head).__name__} (a LoRA or quantised lm_head?)')
         # Module.float() converts a tied table once: the head keeps sharing the embedding's weight.
-        for table in (hf.get_input_embeddings(), hf.get_output_embeddings()):
+        for table in (hf.get_input_embeddings(), head):
             if table.weight.is_floating_point():
                 table.float()
             table.requires_grad_(True)

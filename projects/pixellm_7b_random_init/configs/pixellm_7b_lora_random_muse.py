@@ -54,7 +54,7 @@ optim_wrapper.update(accumulative_counts=1)  # noqa: F405
 param_scheduler = [dict(type='ConstantLR', factor=1.0, by_epoch=False, begin=0, end=max_iters)]
 default_hooks.update(  # noqa: F405
     logger=dict(type='LoggerHook', interval=1),
-    # The weights only (no optimizer state): enough for tools/test.py and tools/chat.py, not for
-    # --resume, and half the 7B checkpoint's size.
+    # The weights only (no optimizer state, about 3 GB of the 7B run): enough for tools/test.py and
+    # tools/chat.py, not for --resume.
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters, max_keep_ckpts=1,
                     save_optimizer=False))
