@@ -155,7 +155,7 @@ def _muse_record(segm, height=20, width=24):
 
 def test_muse_polygon_outside_the_image_names_file_record_question_and_field(tmp_path):
     ann = tmp_path / 'muse.json'
-    ann.write_text(json.dumps([_muse_record([[40, 40, 50, 40, 50, 50]])]))
+    ann.write_text(json.dumps([_muse_record([[30, 25, 40, 25, 40, 35]])]))
     with pytest.raises(InvalidTargetError) as info:
         MUSEDataset(ann_file=str(ann), serialize_data=False)
     err = info.value
