@@ -2,7 +2,8 @@
 from . import chat_templates
 from .grefcoco_dataset import GRefCOCODataset
 from .mix_dataset import SampleRateMixDataset
-from .muse_dataset import DatasetFormatError, MUSEDataset
+from .dataset_utils import UnsafePickleError, load_data_pickle
+from .muse_dataset import DatasetFormatError, InvalidTargetError, MUSEDataset
 from .reason_seg_dataset import ReasonSegDataset
 from .refer_dataset import ReferSegDataset
 from .sem_seg_dataset import (ADE20KSemSegDataset, COCOStuffSemSegDataset,
@@ -16,7 +17,8 @@ from .transforms import (BuildMuseConversation, BuildReferConversation, BuildVQA
 from .vqa_dataset import LLaVAInstructDataset
 
 __all__ = [
-    'chat_templates', 'DatasetFormatError', 'generate_muse_scenes',
+    'chat_templates', 'DatasetFormatError', 'InvalidTargetError', 'UnsafePickleError',
+    'load_data_pickle', 'generate_muse_scenes',
     # datasets
     'MUSEDataset', 'ReferSegDataset', 'GRefCOCODataset', 'ReasonSegDataset', 'SemSegQADataset',
     'ADE20KSemSegDataset', 'COCOStuffSemSegDataset', 'MapillarySemSegDataset',

@@ -1,6 +1,9 @@
 """Helpers shared by the dataset adapters: pipeline building, file reading with errors that name
-the file, and binary masks as COCO compressed RLE."""
+the file (pickles through an unpickler that loads no code), and binary masks as COCO compressed
+RLE."""
+import io
 import json
+import pickle
 from typing import Any, Callable, List, Sequence, Union
 
 import numpy as np
@@ -17,6 +20,14 @@ LAYOUT_DOC = 'docs/datasets.md'
 def is_int(value: Any) -> bool:
     """Whether ``value`` is an integer (bool, an int subclass, is not an id or a size)."""
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def has_key(table: dict, key: Any) -> bool:
+    """``key in table``, False for an unhashable key (a list or dict where an id belongs)."""
+    try:
+        return key in table
+    except TypeError:
+        return False
 
 
 def build_pipeline(pipeline: Sequence[Union[dict, Callable]]) -> List[Callable]:
@@ -71,6 +82,69 @@ def read_bytes(path: str, dataset: str, what: str, prepare: str, data_root: str)
         return get(path)
     except FileNotFoundError as err:
         raise missing_file_error(dataset, what, path, prepare, data_root) from err
+
+
+class UnsafePickleError(DatasetFormatError):
+    """A pickled data file names a class or function, so it was not unpickled.
+
+    Attributes:
+        global_name (str): The refused ``module.name``.
+
+    Args:
+        file (str): The pickle file.
+        global_name (str): The ``module.name`` the pickle asked for.
+    """
+
+    def __init__(self, file: str, global_name: str) -> None:
+        self.global_name = global_name
+        super().__init__(
+            file, '', '<pickle>',
+            f'refused to unpickle: the file names the global {global_name!r}; an annotation '
+            'pickle may hold only dict, list, tuple, str, int, float, bool, None and bytes, so '
+            'no class or function is loaded from it (it could run code)')
+
+
+class _DataUnpickler(pickle.Unpickler):
+    """An unpickler that builds builtin containers and scalars only and refuses every global."""
+
+    def __init__(self, data: bytes, file: str) -> None:
+        super().__init__(io.BytesIO(data))
+        self._file = file
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise UnsafePickleError(self._file, f'{module}.{name}')
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise UnsafePickleError(self._file, f'persistent id {pid!r}')
+
+
+def load_data_pickle(data: bytes, path: str) -> Any:
+    """Unpickle a data file (e.g. REFER's ``refs(unc).p``) without loading any code.
+
+    Real annotation pickles hold builtin containers and scalars only (REFER's refs: a list of
+    dicts of ints, strs and lists), which pickle builds from its own opcodes. Anything that needs
+    a global (a class, a function such as ``os.system``, a ``__reduce__`` object) or a persistent
+    id is refused before it is looked up, so nothing in the file runs.
+
+    Args:
+        data (bytes): The file's content.
+        path (str): The file, for errors.
+
+    Returns:
+        Any: The unpickled value.
+
+    Raises:
+        UnsafePickleError: The pickle names a global; the message names the file and the global.
+        DatasetFormatError: The bytes are not a readable pickle.
+    """
+    try:
+        return _DataUnpickler(data, path).load()
+    except UnsafePickleError:
+        raise
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError,
+            AttributeError, UnicodeDecodeError, MemoryError, OverflowError) as err:
+        raise DatasetFormatError(path, '', '<pickle>',
+                                 f'not a readable pickle ({type(err).__name__}: {err})') from err
 
 
 def parse_json(data: bytes, path: str, encodings: Sequence[str] = ('utf-8', )) -> Any:

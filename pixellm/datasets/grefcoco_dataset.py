@@ -3,12 +3,16 @@
 Read from the official files, ``refer_seg/grefcoco/grefs(unc).json`` and ``instances.json``, with
 COCO train2014 images; the data infos are those of :class:`ReferSegDataset`.
 """
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
-from pixellm.datasets.dataset_utils import is_int, merge_segmentations
+from pixellm.datasets.dataset_utils import has_key, is_int, merge_segmentations
 from pixellm.datasets.muse_dataset import DatasetFormatError
 from pixellm.datasets.refer_dataset import NO_TARGET_ANN_ID, ReferSegDataset
 from pixellm.registry import DATASETS
+
+
+def _is_crowd(ann: dict) -> bool:
+    return bool(ann.get('iscrowd')) if isinstance(ann, dict) else False
 
 
 @DATASETS.register_module()
@@ -34,7 +38,13 @@ class GRefCOCODataset(ReferSegDataset):
       the form gRefCOCO's gIoU/cIoU are defined on.
 
     ``no_target`` in the data info flags the no-target expressions either way (for N-acc style
-    metrics).
+    metrics). A no-target expression's empty target (zero masks, or one all-empty merged mask)
+    is legitimate and is the only empty target accepted; every object target is validated as in
+    :class:`ReferSegDataset`.
+
+    Crowd annotations (``iscrowd`` set) are no target: as gRefCOCO's own ``G_REFER`` does, they
+    are left out of an expression's objects (and of its merged mask). An expression whose every
+    object is a crowd region is left out, counted in a warning.
 
     Errors, besides those of :class:`ReferSegDataset`: an empty ``ann_id`` list, ``-1`` mixed
     with object ids, and a ``no_target`` flag that contradicts ``ann_id`` raise
@@ -90,10 +100,17 @@ class GRefCOCODataset(ReferSegDataset):
         return None
 
     def _targets(self, ann_ids: List[int], image: dict, tables: dict, cache: Dict[Any, dict],
-                 fail: Callable[[str, str], DatasetFormatError]) -> List[dict]:
-        objects = [] if ann_ids == [NO_TARGET_ANN_ID] else [
-            self._instance(ann_id, image, tables, cache, fail) for ann_id in ann_ids
-        ]
+                 fail: Callable[[str, str], DatasetFormatError]) -> Optional[List[dict]]:
+        if ann_ids == [NO_TARGET_ANN_ID]:
+            objects = []
+        else:
+            # Crowd regions are no target, as in gRefCOCO's own G_REFER.getMaskByRef.
+            kept = [ann_id for ann_id in ann_ids
+                    if not (has_key(tables['anns'], ann_id)
+                                 and _is_crowd(tables['anns'][ann_id][1]))]
+            if not kept:
+                return None
+            objects = [self._instance(ann_id, image, tables, cache, fail) for ann_id in kept]
         if not self.merge_targets:
             return objects
         if len(objects) == 1:
@@ -103,6 +120,8 @@ class GRefCOCODataset(ReferSegDataset):
             names = list(dict.fromkeys(inst['category_name'] for inst in objects))
             cache[key] = dict(
                 id=list(ann_ids), category_name=', '.join(names),
+                # The official empty target of a no-target expression: its empty mask is valid.
+                no_target=not objects,
                 segmentation=merge_segmentations([inst['segmentation'] for inst in objects],
                                                  image['height'], image['width']))
         return [cache[key]]

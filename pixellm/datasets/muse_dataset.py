@@ -6,11 +6,13 @@ Records are validated when the file is loaded, so a bad record fails before trai
 one error that names the file, the record and the field.
 """
 import json
+import logging
 import os.path as osp
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from mmengine.dataset import BaseDataset
 from mmengine.fileio import get_text
+from mmengine.logging import print_log
 
 from pixellm.registry import DATASETS, TRANSFORMS
 from pixellm.utils.constants import SEG_PLACEHOLDER
@@ -50,6 +52,16 @@ class DatasetFormatError(ValueError):
         super().__init__(f'{where}: field {field!r}: {problem}')
 
 
+class InvalidTargetError(DatasetFormatError):
+    """A target (polygon or RLE) that gives no usable mask: empty, outside the image, degenerate
+    or with unreadable RLE counts.
+
+    Raised when a dataset is built (or, where only the image tells the size, when the mask is
+    decoded). Adapters built with ``skip_invalid_targets=True`` drop such targets instead and log
+    how many and which. Arguments as :class:`DatasetFormatError`.
+    """
+
+
 def describe_record(index: Optional[int], record_id: Any = None) -> str:
     """Return how errors name a record: its position in the file and its ``id`` when it has one.
 
@@ -79,6 +91,10 @@ def record_context(results: dict) -> Dict[str, str]:
     """
     return dict(file=str(results.get('ann_file', '<unknown annotation file>')),
                 record=describe_record(results.get('record_index'), results.get('img_id')))
+
+
+def _instance_id(inst: dict) -> str:
+    return f' (id={inst["id"]})' if 'id' in inst else ''
 
 
 def _is_number(value: Any) -> bool:
@@ -139,6 +155,153 @@ def check_segmentation(segm: Any, height: int, width: int) -> Optional[str]:
     return (f'must be a list of polygons or an RLE dict, got {type(segm).__name__}')
 
 
+def rle_string_counts(counts: str) -> Optional[List[int]]:
+    """Decode the run lengths of a COCO compressed RLE ``counts`` string.
+
+    The string holds each run length (after the second, as the difference to the run two before)
+    in groups of 5 bits, each group a character ``chr(48 + bits)`` with ``0x20`` meaning "more
+    groups follow" and ``0x10`` the sign of the last group.
+
+    Args:
+        counts (str): The compressed ``counts``.
+
+    Returns:
+        list[int] or None: The run lengths, or None when the string is not a valid encoding
+        (a character outside the alphabet or a number cut off at the end).
+    """
+    runs: List[int] = []
+    pos, length = 0, len(counts)
+    while pos < length:
+        value, shift, more = 0, 0, True
+        while more:
+            if pos >= length:
+                return None
+            code = ord(counts[pos]) - 48
+            if not 0 <= code < 64:
+                return None
+            value |= (code & 0x1f) << (5 * shift)
+            more = bool(code & 0x20)
+            pos += 1
+            shift += 1
+            if not more and code & 0x10:
+                value |= -1 << (5 * shift)
+        if len(runs) > 2:
+            value += runs[-2]
+        runs.append(value)
+    return runs
+
+
+def _polygon_area(poly: Sequence[float]) -> float:
+    xs, ys = poly[0::2], poly[1::2]
+    n = len(xs)
+    return abs(sum(xs[i] * ys[(i + 1) % n] - xs[(i + 1) % n] * ys[i] for i in range(n))) / 2
+
+
+def far_outside(polygons: Sequence[Sequence[float]], height: int, width: int) -> Optional[str]:
+    """Report a polygon point more than the image's own size beyond its edge.
+
+    No real annotation has one, and rasterising it (pycocotools walks every edge pixel by pixel)
+    would take memory and time in proportion to the distance.
+
+    Args:
+        polygons (Sequence[Sequence[float]]): Flat ``[x0, y0, x1, y1, ...]`` polygons.
+        height (int): Image height.
+        width (int): Image width.
+
+    Returns:
+        str or None: The problem, or None when every point is within range.
+    """
+    for k, poly in enumerate(polygons):
+        for x, y in zip(poly[0::2], poly[1::2]):
+            if not (-width <= x <= 2 * width and -height <= y <= 2 * height):
+                return (f'polygon {k} has the point ({x}, {y}), far outside the image of width '
+                        f'{width} and height {height} (more than its size beyond an edge)')
+    return None
+
+
+def check_target(segm: Any, height: int, width: int) -> Optional[str]:
+    """Check that a ``segmentation`` gives a usable target mask, without decoding the mask.
+
+    First the format (:func:`check_segmentation`), then: a polygon list must have a polygon with
+    a point inside the image (``0 <= x <= width``, ``0 <= y <= height``) and an enclosed area;
+    a compressed RLE's ``counts`` must decode (see :func:`rle_string_counts`) to non-negative runs
+    covering ``height * width`` pixels; an RLE must have a foreground pixel. Every check works on
+    the coordinates or run lengths only, so it is cheap on large annotation files.
+
+    Args:
+        segm (Any): The ``segmentation`` value of an instance annotation.
+        height (int): Image height.
+        width (int): Image width.
+
+    Returns:
+        str or None: Why the target is invalid, or None when it is valid.
+    """
+    problem = check_segmentation(segm, height, width)
+    if problem:
+        return problem
+    if isinstance(segm, list):
+        far = far_outside(segm, height, width)
+        if far:
+            return far
+        # A polygon overlaps the image only if its bounding box does; the rare polygon whose box
+        # overlaps but whose area does not is caught when DecodeTargetMasks decodes it.
+        inside = [poly for poly in segm
+                  if min(poly[0::2]) < width and max(poly[0::2]) > 0
+                  and min(poly[1::2]) < height and max(poly[1::2]) > 0]
+        if not inside:
+            xs = [v for poly in segm for v in poly[0::2]]
+            ys = [v for poly in segm for v in poly[1::2]]
+            return (f'the polygons lie wholly outside the image: points span x {min(xs)}..'
+                    f'{max(xs)}, y {min(ys)}..{max(ys)} for an image of width {width} and '
+                    f'height {height}')
+        if not any(_polygon_area(poly) > 0 for poly in inside):
+            return 'the polygons enclose no area (collinear or repeated points): an empty mask'
+        return None
+    counts = segm['counts']
+    if isinstance(counts, str):
+        runs = rle_string_counts(counts)
+        if runs is None or any(r < 0 for r in runs):
+            return f'invalid compressed RLE "counts" {counts[:40]!r}: not a COCO run-length string'
+        if sum(runs) != height * width:
+            return (f'invalid compressed RLE "counts": the runs cover {sum(runs)} pixels, but the '
+                    f'mask has {height} x {width} = {height * width}')
+        counts = runs
+    if not any(counts[1::2]):
+        return 'the RLE decodes to an empty mask (no foreground pixel)'
+    return None
+
+
+class SkippedTargets:
+    """Collect the targets an adapter drops under ``skip_invalid_targets=True`` and log them.
+
+    Usage: ``skipped.add(description, reason)`` for each dropped target, then ``skipped.log()``
+    once the file is read.
+
+    Args:
+        dataset (str): The dataset class or source name, for the log line.
+        file (str): The annotation file (or folder) read.
+    """
+
+    def __init__(self, dataset: str, file: str) -> None:
+        self.dataset = dataset
+        self.file = file
+        self.items: List[str] = []
+
+    def add(self, what: str, reason: str) -> None:
+        """Record one dropped target: ``what`` names it (record, question, field)."""
+        self.items.append(f'{what}: {reason}')
+
+    def log(self, shown: int = 20) -> None:
+        """Log how many targets were dropped and which (the first ``shown`` of them)."""
+        if not self.items:
+            return
+        listed = '; '.join(self.items[:shown])
+        more = f'; ... and {len(self.items) - shown} more' if len(self.items) > shown else ''
+        print_log(f'{self.dataset}: skip_invalid_targets=True dropped {len(self.items)} invalid '
+                  f'target(s) of {self.file}: {listed}{more}', logger='current',
+                  level=logging.WARNING)
+
+
 @DATASETS.register_module()
 class MUSEDataset(BaseDataset):
     """MUSE (PixelLM's multi-target reasoning segmentation data) in mmengine's dataset protocol.
@@ -164,8 +327,10 @@ class MUSEDataset(BaseDataset):
     having one entry per question, every question naming at least one target (a MUSE question
     always has targets; an empty one would train the model to write no codebook token), one
     ``{seg}`` per target in each text answer, a ``category_name`` on every instance whose answer
-    has to be composed (no text answer), and each segmentation's shape (see
-    :func:`check_segmentation`).
+    has to be composed (no text answer), and each segmentation's target (see
+    :func:`check_target`: a polygon or RLE that gives an empty mask or lies outside the image, a
+    degenerate polygon or invalid RLE counts raise :class:`InvalidTargetError`, which names the
+    question too).
 
     Args:
         ann_file (str): Path of the MUSE json (``muse_train.json``, ``muse_val.json``, ...),
@@ -180,6 +345,9 @@ class MUSEDataset(BaseDataset):
         lazy_init (bool): Defer reading ``ann_file`` until first use. Defaults to False.
         serialize_data (bool): Keep the data list as one pickled buffer shared by dataloader
             workers. Defaults to True.
+        skip_invalid_targets (bool): Drop a question whose target is invalid (see
+            :func:`check_target`; a record left without questions is dropped too) and log how
+            many and which, instead of raising :class:`InvalidTargetError`. Defaults to False.
         **kwargs: Other :class:`mmengine.dataset.BaseDataset` arguments (``metainfo``,
             ``indices``, ``max_refetch``).
     """
@@ -194,7 +362,9 @@ class MUSEDataset(BaseDataset):
                  test_mode: bool = False,
                  lazy_init: bool = False,
                  serialize_data: bool = True,
+                 skip_invalid_targets: bool = False,
                  **kwargs) -> None:
+        self.skip_invalid_targets = skip_invalid_targets
         prefix = dict(DEFAULT_DATA_PREFIX)
         prefix.update(data_prefix or {})
         # Built here from pixellm's registry: mmengine's Compose resolves names in the current
@@ -219,13 +389,19 @@ class MUSEDataset(BaseDataset):
         """
         records = self._read_records()
         data_list = []
+        skipped = (SkippedTargets(type(self).__name__, self.ann_file)
+                   if self.skip_invalid_targets else None)
         for index, record in enumerate(records):
-            info = self.parse_record(record, index)
+            info = self.parse_record(record, index, skipped)
+            if info is None:
+                continue
             if self.test_mode:
                 for q in range(len(info['questions'])):
                     data_list.append(dict(info, question_index=q))
             else:
                 data_list.append(info)
+        if skipped is not None:
+            skipped.log()
         return data_list
 
     def _read_records(self) -> list:
@@ -258,18 +434,23 @@ class MUSEDataset(BaseDataset):
         raise fail('file_name', 'missing: a record needs "file_name" (COCO train2014) or '
                    '"coco_url" (COCO 2017) to locate its image')
 
-    def parse_record(self, record: Any, index: int) -> dict:
+    def parse_record(self, record: Any, index: int,
+                     skipped: Optional[SkippedTargets] = None) -> Optional[dict]:
         """Validate one raw MUSE record and reduce it to the data info the pipeline reads.
 
         Args:
             record (Any): One element of the json list.
             index (int): Its position in the list, for error messages.
+            skipped (SkippedTargets, optional): Where invalid targets are recorded and dropped
+                (with the question that asks for them); None raises on the first one.
 
         Returns:
-            dict: The per-image data info (see :meth:`load_data_list`).
+            dict or None: The per-image data info (see :meth:`load_data_list`); None when every
+            question of the record was dropped.
 
         Raises:
-            DatasetFormatError: Naming the file, the record and the field at fault.
+            DatasetFormatError: Naming the file, the record and the field at fault
+                (:class:`InvalidTargetError` for a target that gives no usable mask).
         """
         record_id = record.get('id') if isinstance(record, dict) else None
         where = describe_record(index, record_id)
@@ -308,6 +489,7 @@ class MUSEDataset(BaseDataset):
                        f'has {len(text_answers)} entries for {len(questions)} questions')
 
         kept_answers = []
+        dropped_questions = set()
         for q, (question, targets, text) in enumerate(zip(questions, answers, text_answers)):
             if not isinstance(question, str) or not question.strip():
                 raise fail(f'questions[{q}]', f'must be a non-empty string, got {question!r}')
@@ -335,9 +517,15 @@ class MUSEDataset(BaseDataset):
                                f'{type(inst).__name__}')
                 if 'segmentation' not in inst:
                     raise fail(f'{field}.segmentation', 'missing')
-                problem = check_segmentation(inst['segmentation'], height, width)
+                problem = check_target(inst['segmentation'], height, width)
                 if problem:
-                    raise fail(f'{field}.segmentation', problem)
+                    invalid = InvalidTargetError(
+                        self.ann_file, f'{where}, question {q} {question!r}, target {t}'
+                        f'{_instance_id(inst)}', f'{field}.segmentation', problem)
+                    if skipped is None:
+                        raise invalid
+                    skipped.add(f'{invalid.record}, field {invalid.field!r}', problem)
+                    dropped_questions.add(q)
                 # Only a composed answer (no text answer) needs the instance's name.
                 if text is None and not (isinstance(inst.get('category_name'), str)
                                          and inst['category_name']):
@@ -347,6 +535,13 @@ class MUSEDataset(BaseDataset):
                 kept_targets.append({k: inst[k] for k in _KEPT_INSTANCE_KEYS if k in inst})
             kept_answers.append(kept_targets)
 
+        if dropped_questions:
+            keep = [q for q in range(len(questions)) if q not in dropped_questions]
+            if not keep:
+                return None
+            questions = [questions[q] for q in keep]
+            text_answers = [text_answers[q] for q in keep]
+            kept_answers = [kept_answers[q] for q in keep]
         has_ann_list = isinstance(record.get('ann_list'), list)
         all_objects = record['ann_list'] if has_ann_list else []
         kept_objects, skipped_objects = [], []

@@ -19,7 +19,9 @@ from PIL import Image
 
 from pixellm.datasets.dataset_utils import (LAYOUT_DOC, build_pipeline, encode_mask,
                                             missing_file_error, read_json)
-from pixellm.datasets.muse_dataset import DatasetFormatError, describe_record
+from pixellm.datasets.muse_dataset import (DatasetFormatError, InvalidTargetError, SkippedTargets,
+                                           describe_record, far_outside)
+from pixellm.datasets.transforms.loading import exif_orientation, oriented_size
 from pixellm.registry import DATASETS
 
 TARGET_VALUE = 1
@@ -36,7 +38,9 @@ def _point_list(points: Any) -> bool:
 
 
 def labelme_label_mask(shapes: list, height: int, width: int,
-                       fail: Callable[[str, str], DatasetFormatError]) -> np.ndarray:
+                       fail: Callable[[str, str], DatasetFormatError],
+                       invalid: Optional[Callable[[str, str], DatasetFormatError]] = None
+                       ) -> np.ndarray:
     """Rasterise ReasonSeg's labelme shapes into a label map, as the official reader does.
 
     Each shape is drawn with OpenCV (its outline, 1 pixel wide, and its filled interior; points
@@ -49,10 +53,14 @@ def labelme_label_mask(shapes: list, height: int, width: int,
         height (int): Image height.
         width (int): Image width.
         fail (Callable[[str, str], DatasetFormatError]): Builds the error for a field.
+        invalid (Callable[[str, str], DatasetFormatError], optional): Builds the error for a shape
+            that draws no usable region (fewer than 3 points, wholly outside the image, or no
+            pixel); defaults to ``fail``.
 
     Returns:
         np.ndarray: ``uint8`` ``(height, width)`` map: 0 background, 1 target, 255 ignore.
     """
+    invalid = invalid or fail
     drawn, areas = [], []
     for s, shape in enumerate(shapes):
         if not isinstance(shape, dict):
@@ -64,10 +72,25 @@ def labelme_label_mask(shapes: list, height: int, width: int,
             continue
         if not _point_list(shape.get('points')):
             raise fail(f'shapes[{s}].points', 'must be a non-empty list of [x, y] pairs')
-        polygon = np.array([shape['points']], dtype=np.int32)
+        points = shape['points']
+        if len(points) < 3:
+            raise invalid(f'shapes[{s}].points', f'a degenerate polygon of {len(points)} point(s); '
+                          'a polygon needs at least 3')
+        xs, ys = [p[0] for p in points], [p[1] for p in points]
+        if not (min(xs) < width and max(xs) >= 0 and min(ys) < height and max(ys) >= 0):
+            raise invalid(f'shapes[{s}].points', f'the polygon lies wholly outside the image: '
+                          f'points span x {min(xs)}..{max(xs)}, y {min(ys)}..{max(ys)} for an '
+                          f'image of width {width} and height {height} (EXIF orientation '
+                          'applied)')
+        far = far_outside([[v for point in points for v in point]], height, width)
+        if far:
+            raise invalid(f'shapes[{s}].points', far.replace('polygon 0 has', 'the polygon has'))
+        polygon = np.array([points], dtype=np.int32)
         region = np.zeros((height, width), dtype=np.uint8)
         cv2.polylines(region, polygon, True, 1, 1)
         cv2.fillPoly(region, polygon, 1)
+        if not region.any():
+            raise invalid(f'shapes[{s}].points', 'the polygon draws no pixel inside the image')
         value = IGNORE_VALUE if 'ignore' in label.lower() else TARGET_VALUE
         drawn.append((region.astype(bool), value))
         areas.append(int(region.sum()))
@@ -110,10 +133,17 @@ class ReasonSegDataset(BaseDataset):
     (all None), ``is_sentence``, ``explanation`` (str or None), ``ignore_segmentation``, and
     ``question_index`` in test mode.
 
+    Orientation: an image with an EXIF orientation is used upright, as the annotation tool
+    showed it and the official reader (``cv2.imread``) reads it, so the polygons are drawn at
+    the upright size and the data info says ``masks_upright=True`` (``LoadImageFromFile`` turns
+    the image the same way). ``height``/``width`` are the upright size.
+
     Errors: a missing split folder, a split without images, an image without its json, or a
     missing ``explanation_file`` raise ``FileNotFoundError`` naming what to prepare; a malformed
-    json, an empty ``shapes`` list, bad points, no target region, or a bad explanation entry
-    raise :class:`DatasetFormatError` naming the file, the record and the field.
+    json, an empty ``shapes`` list, bad points or a bad explanation entry raise
+    :class:`DatasetFormatError` naming the file, the record and the field. A shape that draws no
+    usable region (fewer than 3 points, wholly outside the image, no pixel) and an image without
+    a target region raise :class:`InvalidTargetError`, which names the first question too.
 
     Args:
         split (str | Sequence[str]): ``'train'``, ``'val'``, ``'test'``, or several joined with
@@ -131,6 +161,8 @@ class ReasonSegDataset(BaseDataset):
         test_mode (bool): Evaluation items (see above). Defaults to False.
         lazy_init (bool): Defer reading the files. Defaults to False.
         serialize_data (bool): Keep the data list as one pickled buffer. Defaults to True.
+        skip_invalid_targets (bool): Leave out an image whose target is invalid (see above) and
+            log how many and which, instead of raising. Defaults to False.
         **kwargs: Other :class:`mmengine.dataset.BaseDataset` arguments.
     """
 
@@ -146,7 +178,9 @@ class ReasonSegDataset(BaseDataset):
                  test_mode: bool = False,
                  lazy_init: bool = False,
                  serialize_data: bool = True,
+                 skip_invalid_targets: bool = False,
                  **kwargs) -> None:
+        self.skip_invalid_targets = skip_invalid_targets
         self.splits = split.split('_') if isinstance(split, str) else list(split)
         if not self.splits or not all(isinstance(s, str) and s for s in self.splits):
             raise ValueError(f'ReasonSegDataset: split must name one or more split folders, got '
@@ -241,15 +275,22 @@ class ReasonSegDataset(BaseDataset):
             raise fail('shapes', 'empty annotation list: the image has no polygon')
         try:
             with Image.open(img_path) as img:
-                width, height = img.size
-        except (OSError, ValueError) as err:
+                # The upright size: the annotation tool showed the image turned by its EXIF
+                # orientation, and the official reader draws the polygons at that size.
+                height, width = oriented_size(img.height, img.width, exif_orientation(img))
+        except (OSError, ValueError, Image.DecompressionBombError) as err:
             raise DatasetFormatError(img_path, f'{where} of {json_path}', 'img_path',
                                      f'the image cannot be read ({err})') from err
-        label_map = labelme_label_mask(shapes, height, width, fail)
+
+        def invalid(field: str, problem: str) -> InvalidTargetError:
+            return InvalidTargetError(json_path, f'{where}, question 0 {texts[0].strip()!r}',
+                                      field, problem)
+
+        label_map = labelme_label_mask(shapes, height, width, fail, invalid)
         target = label_map == TARGET_VALUE
         if not target.any():
-            raise fail('shapes', 'no target region: every shape is "flag" or "ignore", or the '
-                       'ignore regions cover the targets')
+            raise invalid('shapes', 'no target region: every shape is "flag" or "ignore", or the '
+                          'ignore regions cover the targets (an empty mask)')
         ignore = label_map == IGNORE_VALUE
         instance = dict(id=stem, category_name='target', segmentation=encode_mask(target))
         questions = [text.strip() for text in texts]
@@ -259,7 +300,8 @@ class ReasonSegDataset(BaseDataset):
                     answers=[[instance] for _ in questions],
                     text_answers=[None] * len(questions), is_sentence=anno['is_sentence'],
                     explanation=explanations.get(osp.basename(img_path)),
-                    ignore_segmentation=encode_mask(ignore) if ignore.any() else None)
+                    ignore_segmentation=encode_mask(ignore) if ignore.any() else None,
+                    masks_upright=True)
 
     def load_data_list(self) -> List[dict]:
         """Read every image's json of the split(s) and the explanations.
@@ -271,8 +313,17 @@ class ReasonSegDataset(BaseDataset):
         explanations = self._read_explanations()
         data_list = []
         for split in self.splits:
+            folder = osp.join(self.data_prefix['img_path'], split)
+            skipped = (SkippedTargets('ReasonSegDataset', folder)
+                       if self.skip_invalid_targets else None)
             for index, img_path in enumerate(self._split_images(split)):
-                info = self.parse_image(img_path, index, split, explanations)
+                try:
+                    info = self.parse_image(img_path, index, split, explanations)
+                except InvalidTargetError as err:
+                    if skipped is None:
+                        raise
+                    skipped.add(f'{err.file}, {err.record}, field {err.field!r}', err.problem)
+                    continue
                 if not self.test_mode:
                     data_list.append(info)
                 elif self.test_all_questions:
@@ -280,4 +331,6 @@ class ReasonSegDataset(BaseDataset):
                                      for q in range(len(info['questions'])))
                 else:
                     data_list.append(dict(info, question_index=0))
+            if skipped is not None:
+                skipped.log()
         return data_list

@@ -8,7 +8,6 @@ expressions are worded by ``SampleReferPhrases`` and ``BuildReferConversation``.
 """
 import logging
 import os.path as osp
-import pickle
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from mmengine.dataset import BaseDataset
@@ -16,9 +15,11 @@ from mmengine.fileio import join_path
 from mmengine.logging import print_log
 from mmengine.utils import is_abs
 
-from pixellm.datasets.dataset_utils import (build_pipeline, clean_polygons, is_int,
-                                            merge_segmentations, read_bytes, read_json)
-from pixellm.datasets.muse_dataset import DatasetFormatError, check_segmentation
+from pixellm.datasets.dataset_utils import (build_pipeline, clean_polygons, has_key, is_int,
+                                            load_data_pickle, merge_segmentations, read_bytes,
+                                            read_json)
+from pixellm.datasets.muse_dataset import (DatasetFormatError, InvalidTargetError, SkippedTargets,
+                                           check_target)
 from pixellm.registry import DATASETS
 
 # The official ``splitBy`` per dataset (``train_ds.py``: umd for refcocog, unc otherwise).
@@ -27,6 +28,14 @@ COCO_TRAIN2014 = 'refer_seg/images/mscoco/images/train2014'
 SAIAPR = 'refer_seg/images/saiapr_tc-12'
 # gRefCOCO's ``ann_id`` of an expression that matches no object.
 NO_TARGET_ANN_ID = -1
+
+
+def _first_sentence(ref: dict) -> str:
+    """The first referring expression of a ref, to name it in errors ('' when it has none)."""
+    sentences = ref.get('sentences')
+    first = sentences[0] if isinstance(sentences, list) and sentences else None
+    text = first.get('sent') if isinstance(first, dict) else None
+    return text if isinstance(text, str) else ''
 
 
 @DATASETS.register_module()
@@ -49,9 +58,17 @@ class ReferSegDataset(BaseDataset):
 
     Sentences are kept as written (stripped); the conversation transform lowercases them as the
     official templates do. Empty sentences (the official validation code allows for them) name
-    nothing and are left out, with a warning. An annotation with an empty ``segmentation``
-    gives an empty mask, as in the official loader; polygons of fewer than 3 points are dropped
-    (see :func:`~pixellm.datasets.dataset_utils.clean_polygons`).
+    nothing and are left out, with a warning.
+
+    Targets: an annotation's ``segmentation`` is polygons, an RLE, or (refCLEF's form, which
+    REFER's ``getMask`` and the official loader decode) a list of RLEs, whose union is the
+    target. Polygons of fewer than 3 points beside good ones are dropped (see
+    :func:`~pixellm.datasets.dataset_utils.clean_polygons`). A target that gives no usable mask
+    (an empty ``segmentation``, only degenerate polygons, polygons outside the image, an empty
+    RLE or invalid RLE counts; see :func:`~pixellm.datasets.muse_dataset.check_target`) raises
+    :class:`~pixellm.datasets.muse_dataset.InvalidTargetError` naming ``instances.json``, the
+    annotation, the ref and its expression, and the field; ``skip_invalid_targets=True`` leaves
+    out the refs of such targets instead and logs them.
 
     Data info keys: ``img_path``, ``img_path_field`` (``'file_name'``), ``img_id``,
     ``record_index`` (the image's position in ``instances.json``'s ``images``), ``ann_file``
@@ -63,7 +80,9 @@ class ReferSegDataset(BaseDataset):
     templates), and ``question_index`` in test mode.
 
     Errors: a missing refs file or ``instances.json`` raises ``FileNotFoundError`` naming the
-    path to prepare; a malformed file, a ref without sentences, an unknown ``image_id``,
+    path to prepare; a refs pickle that names any class or function raises
+    :class:`~pixellm.datasets.dataset_utils.UnsafePickleError` without running anything (see
+    :func:`~pixellm.datasets.dataset_utils.load_data_pickle`); a malformed file, a ref without sentences, an unknown ``image_id``,
     ``ann_id`` or ``category_id``, an annotation of another image, an empty ``annotations``
     list or a bad segmentation raise :class:`DatasetFormatError` naming the file, the record
     and the field. A missing image is reported by ``LoadImageFromFile`` when it is read.
@@ -87,6 +106,8 @@ class ReferSegDataset(BaseDataset):
         test_mode (bool): One item per sentence instead of per image. Defaults to False.
         lazy_init (bool): Defer reading the files until first use. Defaults to False.
         serialize_data (bool): Keep the data list as one pickled buffer. Defaults to True.
+        skip_invalid_targets (bool): Leave out a ref whose target is invalid and log how many
+            and which, instead of raising. Defaults to False.
         **kwargs: Other :class:`mmengine.dataset.BaseDataset` arguments.
     """
 
@@ -107,7 +128,9 @@ class ReferSegDataset(BaseDataset):
                  test_mode: bool = False,
                  lazy_init: bool = False,
                  serialize_data: bool = True,
+                 skip_invalid_targets: bool = False,
                  **kwargs) -> None:
+        self.skip_invalid_targets = skip_invalid_targets
         if dataset_name not in self.KNOWN_DATASETS and not (ann_file and data_prefix):
             raise ValueError(
                 f'{type(self).__name__}: unknown dataset_name {dataset_name!r}; known: '
@@ -148,11 +171,7 @@ class ReferSegDataset(BaseDataset):
                              self._ann_file_rel, self.data_root)
         else:
             data = read_bytes(self.ann_file, name, what, self._ann_file_rel, self.data_root)
-            try:
-                refs = pickle.loads(data)
-            except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as err:
-                raise DatasetFormatError(self.ann_file, '', '<pickle>',
-                                         f'not a readable REFER refs pickle ({err})') from err
+            refs = load_data_pickle(data, self.ann_file)
             if not isinstance(refs, list):
                 raise DatasetFormatError(self.ann_file, '', '<top level>',
                                          f'must be a list of refs, got {type(refs).__name__}')
@@ -177,9 +196,10 @@ class ReferSegDataset(BaseDataset):
                                          'empty list: the dataset has no ' + key)
             table = {}
             for index, item in enumerate(instances[key]):
-                if not isinstance(item, dict) or 'id' not in item:
+                if not isinstance(item, dict) or not isinstance(item.get('id'), (int, str)):
                     raise DatasetFormatError(self.instances_file, f'{key}[{index}]', 'id',
-                                             'every entry must be an object with an "id"')
+                                             'every entry must be an object with an integer or '
+                                             'string "id"')
                 if key == 'categories' and not isinstance(item.get('name'), str):
                     raise DatasetFormatError(self.instances_file,
                                              f'{key}[{index}] (id={item["id"]})', 'name',
@@ -208,19 +228,20 @@ class ReferSegDataset(BaseDataset):
 
     def _check_ref_category(self, ref: dict, cats: dict,
                             fail: Callable[[str, str], DatasetFormatError]) -> None:
-        if ref.get('category_id') not in cats:
+        if not has_key(cats, ref.get('category_id')):
             raise fail('category_id', f'unknown category id {ref.get("category_id")!r}: not in '
                        f'the categories of {self.instances_file}')
 
     def _targets(self, ann_ids: List[int], image: dict, tables: dict, cache: dict,
-                 fail: Callable[[str, str], DatasetFormatError]) -> List[dict]:
-        """One instance dict per annotation id (see :meth:`_instance`)."""
+                 fail: Callable[[str, str], DatasetFormatError]) -> Optional[List[dict]]:
+        """One instance dict per annotation id (see :meth:`_instance`); None leaves the
+        expression out (a gRefCOCO expression of crowd regions only)."""
         return [self._instance(ann_id, image, tables, cache, fail) for ann_id in ann_ids]
 
     def _instance(self, ann_id: int, image: dict, tables: dict, cache: dict,
                   fail: Callable[[str, str], DatasetFormatError]) -> dict:
         """Validate one annotation and reduce it to the instance dict the pipeline reads."""
-        if ann_id not in tables['anns']:
+        if not has_key(tables['anns'], ann_id):
             raise fail('ann_id', f'unknown annotation id {ann_id!r}: not in the annotations of '
                        f'{self.instances_file}')
         index, ann = tables['anns'][ann_id]
@@ -230,19 +251,35 @@ class ReferSegDataset(BaseDataset):
                                      f'the annotation is of image {ann.get("image_id")!r} but '
                                      f'the ref that names it is of image {image["id"]!r}')
         if ann_id in cache:
+            if isinstance(cache[ann_id], InvalidTargetError):
+                raise cache[ann_id]
             return cache[ann_id]
-        if ann.get('category_id') not in tables['cats']:
+        if not has_key(tables['cats'], ann.get('category_id')):
             raise DatasetFormatError(self.instances_file, where, 'category_id',
                                      f'unknown category id {ann.get("category_id")!r}')
         if 'segmentation' not in ann:
             raise DatasetFormatError(self.instances_file, where, 'segmentation', 'missing')
         height, width = image['height'], image['width']
-        segm = clean_polygons(ann['segmentation'])
-        if isinstance(segm, list) and not segm:
-            segm = merge_segmentations([], height, width)
-        problem = check_segmentation(segm, height, width)
+        field, segm, problem = 'segmentation', ann['segmentation'], None
+        if isinstance(segm, list) and segm and all(isinstance(part, dict) for part in segm):
+            # refCLEF's form: a list of RLEs, decoded and summed by REFER's getMask (a union).
+            for k, part in enumerate(segm):
+                problem = check_target(part, height, width)
+                if problem:
+                    field = f'segmentation[{k}]'
+                    break
+            else:
+                segm = merge_segmentations(segm, height, width)
+        else:
+            segm = clean_polygons(ann['segmentation'])
+            if isinstance(segm, list) and not segm:
+                problem = ('empty: no polygon' if not ann['segmentation'] else
+                           'only degenerate polygons (fewer than 3 points)') + ', an empty mask'
+            else:
+                problem = check_target(segm, height, width)
         if problem:
-            raise DatasetFormatError(self.instances_file, where, 'segmentation', problem)
+            cache[ann_id] = InvalidTargetError(self.instances_file, where, field, problem)
+            raise cache[ann_id]
         inst = dict(id=ann_id, category_id=ann['category_id'],
                     category_name=tables['cats'][ann['category_id']], segmentation=segm)
         cache[ann_id] = inst
@@ -250,7 +287,7 @@ class ReferSegDataset(BaseDataset):
 
     def _image(self, image_id: Any, tables: dict,
                fail: Callable[[str, str], DatasetFormatError]) -> Tuple[int, dict]:
-        if image_id not in tables['images']:
+        if not has_key(tables['images'], image_id):
             raise fail('image_id', f'unknown image id {image_id!r}: not in the images of '
                        f'{self.instances_file}')
         index, image = tables['images'][image_id]
@@ -295,7 +332,9 @@ class ReferSegDataset(BaseDataset):
         per_image: Dict[Any, dict] = {}
         cache: Dict[int, dict] = {}
         splits = set()
-        num_empty = 0
+        num_empty = num_crowd_only = 0
+        skipped = (SkippedTargets(type(self).__name__, self.instances_file)
+                   if self.skip_invalid_targets else None)
         for index, ref in enumerate(refs):
             ref_id = ref.get('ref_id') if isinstance(ref, dict) else None
             where = f'refs[{index}]' + ('' if ref_id is None else f' (ref_id={ref_id})')
@@ -316,8 +355,18 @@ class ReferSegDataset(BaseDataset):
             image_index, image = self._image(ref['image_id'], tables, fail)
             self._check_ref_category(ref, tables['cats'], fail)
             ann_ids = self._ann_ids(ref, fail)
-            targets = self._targets(ann_ids, image, tables, cache, fail)
             sentences = self._sentences(ref, fail)
+            try:
+                targets = self._targets(ann_ids, image, tables, cache, fail)
+            except InvalidTargetError as err:
+                named = f'{err.record}, a target of {where} {_first_sentence(ref)!r}'
+                if skipped is None:
+                    raise InvalidTargetError(err.file, named, err.field, err.problem) from None
+                skipped.add(f'{named}, field {err.field!r}', err.problem)
+                continue
+            if targets is None:
+                num_crowd_only += 1
+                continue
             num_empty += len(ref['sentences']) - len(sentences)
             if not sentences:
                 continue
@@ -341,6 +390,13 @@ class ReferSegDataset(BaseDataset):
             print_log(f'{type(self).__name__}: left out {num_empty} empty referring '
                       f'expression(s) of split {self.split!r} in {self.ann_file}',
                       logger='current', level=logging.WARNING)
+        if num_crowd_only:
+            print_log(f'{type(self).__name__}: left out {num_crowd_only} referring expression(s) '
+                      f'of split {self.split!r} in {self.ann_file} whose every object is a crowd '
+                      'region (iscrowd), which is no target', logger='current',
+                      level=logging.WARNING)
+        if skipped is not None:
+            skipped.log()
         if not per_image:
             raise DatasetFormatError(self.ann_file, '', 'split',
                                      f'no ref of split {self.split!r}; the file has splits '

@@ -18,9 +18,10 @@ from mmengine.dataset import BaseDataset
 from mmengine.fileio import isdir, list_dir_or_file
 from mmengine.logging import print_log
 
-from pixellm.datasets.dataset_utils import (build_pipeline, clean_polygons, is_int,
+from pixellm.datasets.dataset_utils import (build_pipeline, clean_polygons, has_key, is_int,
                                             missing_file_error, parse_json, read_bytes)
-from pixellm.datasets.muse_dataset import DatasetFormatError, check_segmentation, describe_record
+from pixellm.datasets.muse_dataset import (DatasetFormatError, InvalidTargetError, SkippedTargets,
+                                           check_target, describe_record)
 from pixellm.registry import DATASETS
 
 # The class lists shipped with the package (see metainfo/README.md for their source).
@@ -52,6 +53,10 @@ class SemSegQADataset(BaseDataset):
         test_mode (bool): Passed to :class:`mmengine.dataset.BaseDataset`. Defaults to False.
         lazy_init (bool): Defer loading until first use. Defaults to False.
         serialize_data (bool): Keep the data list as one pickled buffer. Defaults to True.
+        skip_invalid_targets (bool): COCO-format part sources: drop an annotation whose target
+            is invalid (see :class:`COCOPartSemSegDataset`) and log how many and which, instead
+            of raising. Label-map sources have no polygon or RLE target; their label values are
+            checked when a label map is read. Defaults to False.
         **kwargs: Other :class:`mmengine.dataset.BaseDataset` arguments (``metainfo``,
             ``indices``, ``max_refetch``).
     """
@@ -68,7 +73,9 @@ class SemSegQADataset(BaseDataset):
                  test_mode: bool = False,
                  lazy_init: bool = False,
                  serialize_data: bool = True,
+                 skip_invalid_targets: bool = False,
                  **kwargs) -> None:
+        self.skip_invalid_targets = skip_invalid_targets
         prefix = dict(self.DEFAULT_DATA_PREFIX)
         prefix.update(data_prefix or {})
         # Keys that get_data_info adds to every item without serialising them per item.
@@ -362,7 +369,11 @@ class COCOPartSemSegDataset(SemSegQADataset):
     candidate with its own instance mask, as in the official loader (two annotations of one
     category are two targets). Everything is checked at load time: the json, each image's
     ``file_name``/``height``/``width``, each annotation's ``image_id`` and ``category_id`` (an
-    unknown id is an error) and ``segmentation`` (polygons or RLE of the image's size). An empty
+    unknown id is an error) and ``segmentation`` (polygons or RLE of the image's size; a target
+    that gives no usable mask, see :func:`~pixellm.datasets.muse_dataset.check_target`, raises
+    :class:`~pixellm.datasets.muse_dataset.InvalidTargetError` unless
+    ``skip_invalid_targets=True`` drops it; degenerate polygons beside good ones are dropped,
+    and an annotation of degenerate polygons only is invalid). An empty
     ``annotations`` list is an error; images without any annotation are skipped and counted in
     the log (the official loader draws another image when it meets one).
 
@@ -400,22 +411,22 @@ class COCOPartSemSegDataset(SemSegQADataset):
         categories = self._parse_categories(coco['categories'])
         images = self._parse_images(coco['images'])
         instances: Dict[Any, List[dict]] = {image_id: [] for image_id in images}
-        dropped = 0
+        skipped = (SkippedTargets(self.dataset_name, self.ann_file)
+                   if self.skip_invalid_targets else None)
         for k, ann in enumerate(coco['annotations']):
-            if isinstance(ann, dict) and isinstance(ann.get('segmentation'), list):
-                # Degenerate polygons (fewer than 3 points) are dropped as the refer loaders do;
-                # an annotation left with none is skipped and counted.
-                ann = dict(ann, segmentation=clean_polygons(ann['segmentation']))
-                if not ann['segmentation']:
-                    dropped += 1
-                    continue
-            instances[self._check_annotation(ann, k, images, categories)].append(
+            try:
+                image_id = self._check_annotation(ann, k, images, categories)
+            except InvalidTargetError as err:
+                if skipped is None:
+                    raise
+                skipped.add(f'{err.record}, field {err.field!r}', err.problem)
+                continue
+            instances[image_id].append(
                 dict({key: ann[key] for key in _KEPT_INSTANCE_KEYS if key in ann},
+                     segmentation=clean_polygons(ann['segmentation']),
                      **categories[ann['category_id']]))
-        if dropped:
-            print_log(f'{self.dataset_name}: {dropped} annotation(s) in {self.ann_file} have '
-                      'only degenerate polygons (fewer than 3 points) and are skipped',
-                      logger='current', level=logging.WARNING)
+        if skipped is not None:
+            skipped.log()
 
         data_list, skipped = [], 0
         for image_id, (index, image) in images.items():
@@ -458,8 +469,10 @@ class COCOPartSemSegDataset(SemSegQADataset):
         for index, image in enumerate(images):
             image_id = image.get('id') if isinstance(image, dict) else None
             record = self._record(f'images[{index}] (id={image_id})')
-            if image_id is None or image_id in parsed:
-                raise DatasetFormatError(self.ann_file, record, 'id', 'missing or repeated')
+            if not isinstance(image_id, (int, str)) or isinstance(image_id, bool) \
+                    or image_id in parsed:
+                raise DatasetFormatError(self.ann_file, record, 'id',
+                                         'missing, not an integer or string, or repeated')
             if not isinstance(image.get('file_name'), str) or not image['file_name']:
                 raise DatasetFormatError(self.ann_file, record, 'file_name',
                                          'missing or not a non-empty string')
@@ -477,19 +490,26 @@ class COCOPartSemSegDataset(SemSegQADataset):
         if not isinstance(ann, dict):
             raise DatasetFormatError(self.ann_file, record, '<record>',
                                      f'must be a json object, got {type(ann).__name__}')
-        if ann.get('image_id') not in images:
+        if not has_key(images, ann.get('image_id')):
             raise DatasetFormatError(self.ann_file, record, 'image_id',
                                      f'unknown image id {ann.get("image_id")!r}')
-        if ann.get('category_id') not in categories:
+        if not has_key(categories, ann.get('category_id')):
             raise DatasetFormatError(self.ann_file, record, 'category_id',
                                      f'unknown class id {ann.get("category_id")!r}: not in '
                                      f'"categories"')
         if 'segmentation' not in ann:
             raise DatasetFormatError(self.ann_file, record, 'segmentation', 'missing')
         image = images[ann['image_id']][1]
-        problem = check_segmentation(ann['segmentation'], image['height'], image['width'])
+        segm = ann['segmentation']
+        # Degenerate polygons (fewer than 3 points) beside good ones are dropped, as the refer
+        # loaders do; an annotation with nothing else is an invalid target.
+        cleaned = clean_polygons(segm)
+        if isinstance(segm, list) and segm and not cleaned:
+            problem = 'only degenerate polygons (fewer than 3 points), an empty mask'
+        else:
+            problem = check_target(cleaned, image['height'], image['width'])
         if problem:
-            raise DatasetFormatError(self.ann_file, record, 'segmentation', problem)
+            raise InvalidTargetError(self.ann_file, record, 'segmentation', problem)
         return ann['image_id']
 
 

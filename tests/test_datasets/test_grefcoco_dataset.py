@@ -5,7 +5,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from refer_fixtures import ANN_MASKS, demo_pipeline, run, sentences, write_refer
+from refer_fixtures import ANN_MASKS, demo_pipeline, instances, run, sentences, write_refer
 
 from pixellm.datasets import (BuildReferConversation, DatasetFormatError, GRefCOCODataset,
                               SampleReferPhrases)
@@ -33,9 +33,18 @@ def grefs():
     ]
 
 
+def non_crowd_instances():
+    """The fixture's instances with no crowd annotation: gRefCOCO leaves crowd objects out."""
+    inst = instances()
+    for ann in inst['annotations']:
+        ann['iscrowd'] = 0
+    return inst
+
+
 @pytest.fixture
 def root(tmp_path):
-    return write_refer(tmp_path, grefs(), dataset='grefcoco', refs_name='grefs(unc).json')
+    return write_refer(tmp_path, grefs(), dataset='grefcoco', refs_name='grefs(unc).json',
+                       inst=non_crowd_instances())
 
 
 def gref_dataset(root, **kwargs):

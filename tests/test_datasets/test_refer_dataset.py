@@ -12,8 +12,8 @@ import torch
 from refer_fixtures import (ANN_MASKS, COCO_DIR, IMAGES, annotations, demo_pipeline, instances,
                             run, sentences, write_refer)
 
-from pixellm.datasets import (BuildReferConversation, DatasetFormatError, ReferSegDataset,
-                              SampleReferPhrases)
+from pixellm.datasets import (BuildReferConversation, DatasetFormatError, InvalidTargetError,
+                              ReferSegDataset, SampleReferPhrases)
 from pixellm.datasets.transforms import DecodeTargetMasks, ExpandSegTokens, LoadImageFromFile
 from pixellm.datasets.transforms.refer_conversation import (ONE_TARGET_ANSWER_TEMPLATES,
                                                             PHRASE_ANSWER_TEMPLATES,
@@ -223,7 +223,7 @@ def test_one_sample_goes_through_the_demo_tokenizing_pipeline(root):
         assert torch.equal(masks[k], torch.from_numpy(ANN_MASKS[ann_id]))
 
 
-def test_empty_segmentation_gives_an_empty_mask_and_degenerate_polygons_are_dropped(tmp_path):
+def test_empty_segmentation_is_an_invalid_target_and_degenerate_polygons_are_dropped(tmp_path):
     root = write_refer(tmp_path, refcoco_refs())
     path = osp.join(root, 'refer_seg', 'refcoco', 'instances.json')
     with open(path) as f:
@@ -232,10 +232,16 @@ def test_empty_segmentation_gives_an_empty_mask_and_degenerate_polygons_are_drop
     inst['annotations'][2]['segmentation'].append([0, 0, 3, 3])
     with open(path, 'w') as f:
         json.dump(inst, f)
-    dataset = refer_dataset(root, test_mode=True)
+    with pytest.raises(InvalidTargetError, match=r'annotations\[0\] \(id=11\), a target of refs'
+                       r'\[0\] \(ref_id=100\) .*field .segmentation.: empty: no polygon'):
+        refer_dataset(root, test_mode=True)
+    dataset = refer_dataset(root, test_mode=True, skip_invalid_targets=True)
+    assert 11 not in {t['id'] for i in range(len(dataset))
+                      for t in dataset.get_data_info(i)['answers'][0]}
     pipeline = [SampleReferPhrases(), DecodeTargetMasks()]
-    assert not run(pipeline, dataset.get_data_info(0))['gt_masks'].any()
-    assert np.array_equal(run(pipeline, dataset.get_data_info(3))['gt_masks'][0], ANN_MASKS[13])
+    info = next(dataset.get_data_info(i) for i in range(len(dataset))
+                if dataset.get_data_info(i)['answers'][0][0]['id'] == 13)
+    assert np.array_equal(run(pipeline, info)['gt_masks'][0], ANN_MASKS[13])
 
 
 # ----------------------------------------------------------------------------- errors
@@ -314,7 +320,8 @@ def test_bad_segmentation_and_annotation_of_another_image_are_reported(tmp_path)
     anns = annotations()
     anns[1]['segmentation']['size'] = [5, 5]
     err = _error(tmp_path, inst=instances(anns))
-    assert (err.record, err.field) == ('annotations[1] (id=12)', 'segmentation')
+    assert err.record.startswith('annotations[1] (id=12), a target of refs[')
+    assert err.field == 'segmentation'
     anns = annotations()
     anns[0]['image_id'] = 2
     err = _error(tmp_path / 'b', inst=instances(anns))

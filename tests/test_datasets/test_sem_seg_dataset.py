@@ -11,6 +11,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from pixellm.datasets import (ADE20KSemSegDataset, COCOStuffSemSegDataset, DatasetFormatError,
+                              InvalidTargetError,
                               MapillarySemSegDataset, PACOLVISSemSegDataset,
                               PascalPartSemSegDataset)
 from pixellm.datasets.transforms import (BuildReferConversation, DecodeTargetMasks,
@@ -387,17 +388,20 @@ def test_paco_skip_is_logged_with_a_count(paco_root):
     assert any('1 of 2 images' in r.getMessage() for r in records)
 
 
-def test_paco_degenerate_polygons_are_dropped_not_fatal(paco_root):
+def test_paco_degenerate_polygons_are_dropped_and_an_annotation_of_only_those_is_invalid(paco_root):
     data = paco_json()
     # Annotation 100 keeps its good polygon; 101 has only a 2-point one and is skipped.
     good = data['annotations'][0]['segmentation'][0]
     data['annotations'][0]['segmentation'] = [good, [1, 1, 2, 2]]
     data['annotations'][1]['segmentation'] = [[1, 1, 2, 2]]
     write_json(paco_root / 'vlpart/paco/annotations/paco_lvis_v1_train.json', data)
+    with pytest.raises(InvalidTargetError, match=r'annotations\[1\] \(id=101\): field '
+                       r'.segmentation.: only degenerate polygons'):
+        PACOLVISSemSegDataset(data_root=str(paco_root))
     with captured_log_records() as records:
-        dataset = PACOLVISSemSegDataset(data_root=str(paco_root))
-    assert any('1 annotation(s)' in r.getMessage() and 'degenerate' in r.getMessage()
-               for r in records)
+        dataset = PACOLVISSemSegDataset(data_root=str(paco_root), skip_invalid_targets=True)
+    assert any('dropped 1 invalid target(s)' in r.getMessage() and 'id=101' in r.getMessage()
+               and 'degenerate' in r.getMessage() for r in records)
     by_id = {inst['id']: inst for inst in dataset.get_data_info(0)['instances']}
     assert sorted(by_id) == [100, 102] and by_id[100]['segmentation'] == [good]
 

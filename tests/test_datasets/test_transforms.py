@@ -167,7 +167,7 @@ def test_mask_size_mismatch_names_file_record_question_and_target():
     with pytest.raises(DatasetFormatError) as err:
         DecodeTargetMasks()(results)
     assert err.value.file.endswith('muse_tiny.json')
-    assert err.value.record == 'record 0 (id=7), question 1, target 0'
+    assert err.value.record == "record 0 (id=7), question 1 'Which object is on the right?', target 0"
     assert err.value.field == 'answers[1][0].segmentation'
     assert '20x25' in str(err.value) and '20x24' in str(err.value)
 

@@ -1,7 +1,7 @@
 """Load a dataset record's image and decode its target masks (COCO polygons and RLE, or the
 pixels of given values in a PNG label map)."""
 import io
-from typing import Dict, List
+from typing import Any, Dict, List
 
 import numpy as np
 from mmcv.transforms import BaseTransform
@@ -9,8 +9,80 @@ from mmengine.fileio import get
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from pixellm.datasets.muse_dataset import DatasetFormatError, check_segmentation, record_context
+from pixellm.datasets.muse_dataset import (DatasetFormatError, InvalidTargetError,
+                                           check_segmentation, record_context)
 from pixellm.registry import TRANSFORMS
+
+
+# The EXIF tag that says how a stored image is turned to be shown upright.
+EXIF_ORIENTATION_TAG = 0x0112
+
+
+def exif_orientation(image: Image.Image) -> int:
+    """Return an image's EXIF orientation (1 to 8; 1, upright, when absent or unreadable).
+
+    Args:
+        image (PIL.Image.Image): An opened image.
+
+    Returns:
+        int: The orientation value of the EXIF standard.
+    """
+    try:
+        value = image.getexif().get(EXIF_ORIENTATION_TAG, 1)
+    except Exception:  # noqa: BLE001  -- a corrupt EXIF block is no orientation
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def oriented_size(height: int, width: int, orientation: int) -> tuple:
+    """``(height, width)`` of an image of that stored size once its EXIF orientation is applied."""
+    return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
+
+
+def apply_orientation(array: np.ndarray, orientation: int) -> np.ndarray:
+    """Turn an image or mask array stored in the file's pixel layout upright, as its EXIF
+    orientation says (the same transposition as ``PIL.ImageOps.exif_transpose``).
+
+    Args:
+        array (np.ndarray): ``(H, W)`` or ``(H, W, C)`` array in the stored layout.
+        orientation (int): EXIF orientation, 1 to 8.
+
+    Returns:
+        np.ndarray: The upright array (contiguous).
+    """
+    if orientation == 2:
+        array = array[:, ::-1]
+    elif orientation == 3:
+        array = array[::-1, ::-1]
+    elif orientation == 4:
+        array = array[::-1]
+    elif orientation == 5:
+        array = array.swapaxes(0, 1)
+    elif orientation == 6:
+        array = np.rot90(array, -1)
+    elif orientation == 7:
+        array = np.rot90(array.swapaxes(0, 1), 2)
+    elif orientation == 8:
+        array = np.rot90(array, 1)
+    return np.ascontiguousarray(array)
+
+
+def orient_mask(mask: np.ndarray, results: dict) -> np.ndarray:
+    """Apply the sample image's EXIF orientation to a mask in the stored pixel layout.
+
+    A record whose masks were drawn on the upright image (``masks_upright``, ReasonSeg) is
+    returned as it is.
+
+    Args:
+        mask (np.ndarray): ``(H, W)`` mask or label map.
+        results (dict): The pipeline dict; ``exif_orientation`` comes from ``LoadImageFromFile``.
+
+    Returns:
+        np.ndarray: The mask in the layout of ``results['img']``.
+    """
+    if results.get('masks_upright'):
+        return mask
+    return apply_orientation(mask, results.get('exif_orientation', 1))
 
 
 def _image_record(results: dict) -> str:
@@ -23,14 +95,21 @@ def _image_record(results: dict) -> str:
 class LoadImageFromFile(BaseTransform):
     """Read ``results['img_path']`` as an RGB ``uint8`` array of shape ``(H, W, 3)``.
 
-    The image is decoded by PIL and converted to RGB (greyscale, palette and RGBA images too). EXIF
-    orientation is not applied: COCO's annotations, and so MUSE's, are in the stored pixel layout.
-    When the record gives ``height``/``width`` the image must have exactly that size, because
-    polygons are rasterised at the record's size and would otherwise be misplaced.
+    The image is decoded by PIL and converted to RGB (greyscale, palette and RGBA images too).
 
-    Required keys: ``img_path``. Optional: ``height``, ``width``, ``img_path_field``,
-    ``ann_file``, ``record_index``, ``img_id`` (for error messages).
-    Added keys: ``img`` (np.ndarray), ``ori_shape`` (tuple ``(H, W)``), ``img_shape``.
+    Orientation, one rule for every dataset: the image is turned upright by its EXIF orientation
+    (as ``cv2.imread`` in the official loaders and the annotation tools show it), and every mask
+    is shown on it the same way. Masks kept in the file's stored pixel layout (COCO-style
+    polygons and RLE, PNG label maps) get the same transposition when they are decoded
+    (:func:`orient_mask`); masks drawn on the upright image (ReasonSeg's labelme polygons, whose
+    records set ``masks_upright``) are used as they are. The record's ``height``/``width`` must
+    be the stored size, or the upright size for a ``masks_upright`` record, because polygons are
+    rasterised at the record's size and would otherwise be misplaced.
+
+    Required keys: ``img_path``. Optional: ``height``, ``width``, ``masks_upright``,
+    ``img_path_field``, ``ann_file``, ``record_index``, ``img_id`` (for error messages).
+    Added keys: ``img`` (np.ndarray, upright), ``ori_shape`` (tuple ``(H, W)``, upright),
+    ``img_shape``, ``exif_orientation`` (int, 1 when the file has none).
 
     Raises:
         FileNotFoundError: The image file does not exist; the message names it and the record.
@@ -55,22 +134,31 @@ class LoadImageFromFile(BaseTransform):
         except FileNotFoundError as err:
             raise FileNotFoundError(f'{path}: image of {record} (from field {field!r}) does not '
                                     'exist; check data_root and data_prefix') from err
+        except OSError as err:  # a folder, no permission
+            raise DatasetFormatError(path, record, field,
+                                     f'the image cannot be read ({err.strerror or err})') from err
         try:
             with Image.open(io.BytesIO(data)) as pil:
-                img = np.asarray(pil.convert('RGB'), dtype=np.uint8)
+                orientation = exif_orientation(pil)
+                stored = np.asarray(pil.convert('RGB'), dtype=np.uint8)
         except (OSError, ValueError, Image.DecompressionBombError) as err:
             raise DatasetFormatError(path, record, field,
                                      f'the image cannot be decoded ({err})') from err
+        img = apply_orientation(stored, orientation)
         h, w = img.shape[:2]
         if 'height' in results and 'width' in results:
-            if (h, w) != (results['height'], results['width']):
+            upright = bool(results.get('masks_upright'))
+            expected = (h, w) if upright else stored.shape[:2]
+            if expected != (results['height'], results['width']):
+                layout = 'upright (EXIF orientation applied)' if upright else 'stored'
                 raise DatasetFormatError(
                     path, record, 'height/width',
-                    f'the image is {h}x{w} (HxW) but the record says '
-                    f'{results["height"]}x{results["width"]}')
+                    f'the image is {expected[0]}x{expected[1]} (HxW, {layout}) but the record '
+                    f'says {results["height"]}x{results["width"]}')
         results['img'] = img
         results['ori_shape'] = (h, w)
         results['img_shape'] = (h, w)
+        results['exif_orientation'] = orientation
         return results
 
 
@@ -124,7 +212,8 @@ def load_label_map(path: str, results: dict) -> np.ndarray:
             size the map must have, and the record keys name the record in errors.
 
     Returns:
-        np.ndarray: Integer ``(H, W)`` array of raw label values.
+        np.ndarray: Integer ``(H, W)`` array of raw label values, turned as the sample's image
+        (see :func:`orient_mask`).
 
     Raises:
         FileNotFoundError: The file does not exist.
@@ -148,6 +237,7 @@ def load_label_map(path: str, results: dict) -> np.ndarray:
         raise DatasetFormatError(path, record, 'seg_map_path',
                                  f'a label map holds one class index per pixel (a palette or '
                                  f'single-channel PNG), got PIL mode {mode!r}')
+    label_map = orient_mask(label_map, results)
     check_label_map_size(label_map, path, results)
     return label_map
 
@@ -182,6 +272,18 @@ def _image_and_record_size(results: dict):
     return (img_h, img_w), (results.get('height', img_h), results.get('width', img_w))
 
 
+def _target_context(results: dict, q: Any, t: int, inst: dict) -> Dict[str, str]:
+    """``file`` and ``record`` of an error about target ``t`` of question ``q``: the record, the
+    question's text and the target's id."""
+    ctx = record_context(results)
+    question = results.get('question')
+    if question is None and isinstance(q, int) and q < len(results.get('questions') or ()):
+        question = results['questions'][q]
+    text = f', question {q}' + (f' {question!r}' if isinstance(question, str) else '')
+    target = f', target {t}' + (f' (id={inst["id"]})' if 'id' in inst else '')
+    return dict(file=ctx['file'], record=f'{ctx["record"]}{text}{target}')
+
+
 @TRANSFORMS.register_module()
 class DecodeTargetMasks(BaseTransform):
     """Decode the chosen question's targets into ``gt_masks`` at the original image resolution.
@@ -210,10 +312,16 @@ class DecodeTargetMasks(BaseTransform):
     ``(0, H, W)`` when there is no target); ``gt_ignore`` (np.ndarray, bool, ``(H, W)``) when the
     record has an ignore region.
 
+    Masks in the stored pixel layout are turned as the image was (see ``LoadImageFromFile``).
+
     Raises:
         DatasetFormatError: A mask's size differs from the image's (field ``segmentation``, or
             ``seg_map_path`` for a label map), naming the annotation file or label map, the record,
             the question and the target.
+        InvalidTargetError: A target is malformed, has RLE counts pycocotools cannot decode, or
+            decodes to an empty mask (only a gRefCOCO no-target expression's merged target,
+            flagged ``no_target``, may be empty); the error names the record, the question and
+            the target.
     """
 
     def transform(self, results: dict) -> dict:
@@ -233,19 +341,36 @@ class DecodeTargetMasks(BaseTransform):
             if 'seg_map_path' in inst:
                 masks.append(self._label_map_mask(inst, results, label_maps))
                 continue
-            mask = decode_segmentation(inst['segmentation'], rec_h, rec_w)
+            field = f'answers[{q}][{t}].segmentation'
+            segm = inst['segmentation']
+            # The format only; a size other than the image's is reported after decoding.
+            size = segm.get('size') if isinstance(segm, dict) else None
+            size = size if isinstance(size, list) and len(size) == 2 else [rec_h, rec_w]
+            problem = check_segmentation(segm, *size)
+            if problem:
+                raise InvalidTargetError(**_target_context(results, q, t, inst), field=field,
+                                         problem=problem)
+            try:
+                mask = decode_segmentation(inst['segmentation'], rec_h, rec_w)
+            except ValueError as err:  # pycocotools: 'Invalid RLE mask representation'
+                raise InvalidTargetError(**_target_context(results, q, t, inst), field=field,
+                                         problem=f'the RLE cannot be decoded ({err})') from None
+            mask = orient_mask(mask, results)
             if mask.shape != (img_h, img_w):
-                ctx = record_context(results)
                 raise DatasetFormatError(
-                    ctx['file'], f'{ctx["record"]}, question {q}, target {t}',
-                    f'answers[{q}][{t}].segmentation',
-                    f'mask size {mask.shape[0]}x{mask.shape[1]} differs from the image size '
-                    f'{img_h}x{img_w} ({results.get("img_path", "image")})')
+                    **_target_context(results, q, t, inst), field=field,
+                    problem=f'mask size {mask.shape[0]}x{mask.shape[1]} differs from the image '
+                    f'size {img_h}x{img_w} ({results.get("img_path", "image")})')
+            if not mask.any() and not inst.get('no_target'):
+                raise InvalidTargetError(
+                    **_target_context(results, q, t, inst), field=field,
+                    problem='the target decodes to an empty mask (no pixel inside the image)')
             masks.append(mask)
         results['gt_masks'] = (np.stack(masks) if masks else
                                np.zeros((0, img_h, img_w), dtype=bool))
         if results.get('ignore_segmentation') is not None:
-            ignore = decode_segmentation(results['ignore_segmentation'], rec_h, rec_w)
+            ignore = orient_mask(decode_segmentation(results['ignore_segmentation'], rec_h, rec_w),
+                                 results)
             if ignore.shape != (img_h, img_w):
                 ctx = record_context(results)
                 raise DatasetFormatError(
@@ -328,7 +453,11 @@ class RenderSemanticMap(BaseTransform):
             problem = check_segmentation(segm, rec_h, rec_w)
             if problem:
                 raise fail(f'ann_list[{index}].segmentation', problem)
-            mask = decode_segmentation(segm, rec_h, rec_w)
+            try:
+                mask = orient_mask(decode_segmentation(segm, rec_h, rec_w), results)
+            except ValueError as err:  # pycocotools: 'Invalid RLE mask representation'
+                raise fail(f'ann_list[{index}].segmentation',
+                           f'the RLE cannot be decoded ({err})') from None
             if mask.shape != (img_h, img_w):
                 raise fail(f'ann_list[{index}].segmentation',
                            f'mask size {mask.shape[0]}x{mask.shape[1]} differs from the image size '
