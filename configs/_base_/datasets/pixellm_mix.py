@@ -50,8 +50,12 @@ train_groups = dict(
     sem_seg=[
         dict(type='ADE20KSemSegDataset', data_root=data_root, pipeline=sem_seg_pipeline),
         dict(type='COCOStuffSemSegDataset', data_root=data_root, pipeline=sem_seg_pipeline),
-        dict(type='PascalPartSemSegDataset', data_root=data_root, pipeline=sem_seg_pipeline),
-        dict(type='PACOLVISSemSegDataset', data_root=data_root, pipeline=sem_seg_pipeline),
+        # The official loader skips part annotations that give no usable mask (degenerate
+        # polygons); here they are dropped at load and counted in the log.
+        dict(type='PascalPartSemSegDataset', data_root=data_root, pipeline=sem_seg_pipeline,
+             skip_invalid_targets=True),
+        dict(type='PACOLVISSemSegDataset', data_root=data_root, pipeline=sem_seg_pipeline,
+             skip_invalid_targets=True),
         dict(type='MapillarySemSegDataset', data_root=data_root, pipeline=sem_seg_pipeline),
     ],
     refer_seg=[
