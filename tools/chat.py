@@ -10,9 +10,13 @@ turns as history; ``:image`` switches to another image, ``:reset`` forgets the h
 ``<stem>_overlay.png`` (each target's mask in its colour, with question, answer and a legend),
 ``<stem>_mask<k>.png`` per target and, with ``--save-rle``, ``<stem>_masks.json``.
 
-A user mistake (missing image, not an image, empty question) prints one line and the session goes
-on; in one-shot mode it exits with status 2. A checkpoint that does not fit the config exits with
-status 1, listing the keys that differ.
+A user mistake (missing image, not an image, empty question, text that is not UTF-8) prints one
+line and the session goes on; in one-shot mode it exits with status 2. Before the model is built,
+the config's types and the checkpoint file are checked: a missing, empty, truncated, corrupt or
+untrusted checkpoint, an unknown type or keyword exits with status 2 and one line,
+``error: <file>: <what>``. A checkpoint that does not fit the config exits with status 1, listing
+the keys that differ. ``--debug`` (or ``PIXELLM_DEBUG=1``) shows tracebacks instead
+(``pixellm.utils.cli``).
 """
 import argparse
 import os
@@ -24,6 +28,9 @@ from typing import List, Optional, Tuple
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from mmengine.config import DictAction  # noqa: E402
+
+from pixellm.utils.cli import (UserError, add_debug_argument, cli_main,  # noqa: E402
+                               debug_requested, one_line)
 
 EXIT_LOAD_ERROR = 1
 EXIT_INPUT_ERROR = 2
@@ -64,6 +71,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='override config entries')
     parser.add_argument('--trust-checkpoint', action='store_true',
                         help='unpickle the checkpoint without the allow-list (trusted files)')
+    add_debug_argument(parser)
     args = parser.parse_args(argv)
     if args.question is not None and args.image is None:
         parser.error('--question needs --image')
@@ -94,11 +102,15 @@ def ask(model, image: str, question: str, history, args, stem: str) -> Tuple[obj
 
 
 def _read(prompt: str) -> Optional[str]:
-    try:
-        return input(prompt)
-    except EOFError:
-        print(flush=True)
-        return None
+    while True:
+        try:
+            return input(prompt)
+        except EOFError:
+            print(flush=True)
+            return None
+        except UnicodeDecodeError as err:
+            print(f'error: the input is not UTF-8 text (byte {err.object[err.start:err.end]!r}); '
+                  'type it again', flush=True)
 
 
 def interactive(model, args) -> int:
@@ -145,20 +157,29 @@ def interactive(model, args) -> int:
         history.append((question.strip(), result.raw_text))
 
 
+@cli_main
 def main(argv=None) -> int:
-    """Load the model, then answer once or chat.
+    """Check the inputs, load the model, then answer once or chat.
 
     Args:
         argv (list[str], optional): Command-line arguments; ``None`` reads ``sys.argv``.
 
     Returns:
         int: The exit status.
+
+    Raises:
+        SystemExit: A missing, unreadable or untrusted checkpoint or config, an unknown config
+            type (status 2), or another error (status 1), reported in one line.
     """
     args = parse_args(argv)
     import torch
 
     from pixellm.apis import InferenceInputError, init_model
-    from pixellm.engine.checkpoint import UntrustedCheckpointError
+    from pixellm.apis.inference import check_text
+    from pixellm.engine.checkpoint import UntrustedCheckpointError, check_checkpoint_file
+    from pixellm.engine.preflight import check_config_types
+    from pixellm.models.export import CONFIG_FILE
+    from pixellm.utils import load_config, register_all_modules
     from pixellm.utils.config import ConfigLoadError
     device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
     quantization = '8bit' if args.load_in_8bit else '4bit' if args.load_in_4bit else None
@@ -170,14 +191,26 @@ def main(argv=None) -> int:
         if not osp.isfile(args.image):
             print(f'tools/chat.py: error: image {args.image!r} does not exist', file=sys.stderr)
             return EXIT_INPUT_ERROR
+        try:
+            check_text(args.question, 'question')
+        except InferenceInputError as err:
+            raise UserError(str(err), '--question') from None
+    # Pre-flight, before the (slow) model build: the config's types and the checkpoint file.
+    register_all_modules(init_default_scope=True)
+    cfg = load_config(args.config, cfg_options=args.cfg_options)
+    check_config_types(cfg, args.config)
+    if not osp.isfile(osp.join(args.checkpoint, CONFIG_FILE)) and not osp.isdir(args.checkpoint):
+        check_checkpoint_file(args.checkpoint, trusted=args.trust_checkpoint or None)
     try:
-        model = init_model(args.config, args.checkpoint, device=device, precision=args.precision,
+        model = init_model(cfg, args.checkpoint, device=device, precision=args.precision,
                            quantization=quantization, cfg_options=args.cfg_options,
                            trusted=args.trust_checkpoint or None)
     except (OSError, ValueError, RuntimeError, ImportError, ConfigLoadError,
             UntrustedCheckpointError) as err:
         # OSError: a missing file, or a pretrained folder/hub name transformers cannot load.
-        print(f'tools/chat.py: cannot load the model: {err}', file=sys.stderr)
+        if debug_requested(argv):
+            raise
+        print(f'tools/chat.py: cannot load the model: {one_line(err)}', file=sys.stderr)
         return EXIT_LOAD_ERROR
     print(f'Loaded {args.checkpoint} ({args.precision}, {device}'
           + (f', LLM {quantization}' if quantization else '') + ')', flush=True)

@@ -2,6 +2,14 @@
 
 The checkpoint is loaded with pixellm's allow-listed ``weights_only`` loader (see
 ``pixellm.engine.checkpoint``); ``--trust-checkpoint`` lifts the allow-list for a trusted file.
+
+Each run writes its records into its own folder ``<work_dir>/<timestamp>/``: the log, the config
+as run (``<config name>.py``) and the metrics (``test_metrics.json``; ``--out`` writes a copy
+where asked). The training run's config dump ``<work_dir>/<config name>.py`` is left as it is.
+
+The config's types, its data paths and the checkpoint are checked before the runner is built; a
+mistake ends the run with one line, ``error: <file>: <what>``, and exit status 2, before anything
+is written; ``--debug`` (or ``PIXELLM_DEBUG=1``) shows the traceback instead.
 """
 import argparse
 import json
@@ -13,10 +21,14 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from pixellm.engine.checkpoint import atomic_write_text  # noqa: E402
-from pixellm.models.export import CONFIG_FILE as EXPORT_CONFIG_FILE  # noqa: E402
+from pixellm.engine.preflight import check_config_types, check_run_checkpoints  # noqa: E402
 from pixellm.engine.runner_utils import (add_common_arguments, build_runner,  # noqa: E402
                                          check_data_or_exit, format_metrics, load_tool_config,
                                          set_show_dir, release_runner, shutdown_distributed)
+from pixellm.models.export import CONFIG_FILE as EXPORT_CONFIG_FILE  # noqa: E402
+from pixellm.utils.cli import UserError, cli_main  # noqa: E402
+
+METRICS_FILE = 'test_metrics.json'
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -39,14 +51,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _write_metrics(metrics: dict, path: str) -> None:
+    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+    atomic_write_text(json.dumps(
+        {k: (float(v) if isinstance(v, (int, float)) else v) for k, v in metrics.items()},
+        indent=2), path)
+
+
+@cli_main
 def main(argv=None) -> dict:
-    """Build the runner, load the checkpoint, test, and print the metrics.
+    """Check the config and checkpoint, build the runner, test, and print the metrics.
 
     Args:
         argv (list[str], optional): Command-line arguments; ``None`` reads ``sys.argv``.
 
     Returns:
         dict: The metrics returned by ``runner.test()``.
+
+    Raises:
+        SystemExit: A user's mistake (status 2) or another error (status 1), reported in one line
+            (see ``pixellm.utils.cli``).
     """
     args = parse_args(argv)
     exported = osp.isfile(osp.join(args.checkpoint, EXPORT_CONFIG_FILE))
@@ -59,8 +83,9 @@ def main(argv=None) -> dict:
             else:
                 hint = (f' (a folder needs {EXPORT_CONFIG_FILE}: pass a .pth checkpoint or a '
                         'folder written by tools/model_converters/export_hf.py)')
-        raise SystemExit(f'tools/test.py: checkpoint {args.checkpoint!r} does not exist{hint}.')
+        raise UserError(f'checkpoint does not exist{hint}', args.checkpoint)
     cfg = load_tool_config(args)
+    check_config_types(cfg, args.config)
     if exported:
         # The exported folder holds the whole model (merged LLM, tokenizer, other weights).
         cfg.model = dict(type='ExportedPixelLM', folder=osp.abspath(args.checkpoint))
@@ -71,20 +96,19 @@ def main(argv=None) -> dict:
     if args.show_dir:
         set_show_dir(cfg, osp.abspath(args.show_dir))
     check_data_or_exit(cfg, ('test_dataloader', ), 'tools/test.py')
+    check_run_checkpoints(cfg)
 
-    runner = build_runner(cfg)
+    runner = build_runner(cfg, records_in_log_dir=True)
     metrics = runner.test()
-    rank = runner.rank
+    rank, log_dir = runner.rank, runner.log_dir
     release_runner(runner)
     del runner  # its model wrapper holds the process group, which the teardown must free
     if rank == 0:
-        print(format_metrics(metrics, title=f'Test metrics of {args.checkpoint}'), flush=True)
+        _write_metrics(metrics, osp.join(log_dir, METRICS_FILE))
         if args.out:
-            out_dir = osp.dirname(osp.abspath(args.out))
-            os.makedirs(out_dir, exist_ok=True)
-            atomic_write_text(json.dumps(
-                {k: (float(v) if isinstance(v, (int, float)) else v) for k, v in metrics.items()},
-                indent=2), args.out)
+            _write_metrics(metrics, args.out)
+        print(f'Records of this test (log, config, {METRICS_FILE}): {log_dir}', flush=True)
+        print(format_metrics(metrics, title=f'Test metrics of {args.checkpoint}'), flush=True)
     shutdown_distributed()
     return metrics
 

@@ -4,6 +4,12 @@ Checkpoints are written atomically and carry the random state, so ``--resume`` c
 where an interrupted run stopped (see ``pixellm.engine``). ``--deepspeed zero2|zero2_offload|zero3``
 switches to DeepSpeed (``configs/deepspeed/``) and ``--fsdp`` to PyTorch FSDP; launch either with
 ``tools/dist_train.sh``.
+
+Before the runner is built (and so before anything is written into the work dir or the
+environment is printed), the config's types and keyword arguments, its data paths and the
+checkpoint of ``--resume`` / ``load_from`` are checked (``pixellm.engine.preflight``). A mistake
+ends the run with one line, ``error: <file>: <what>``, and exit status 2; ``--debug`` (or
+``PIXELLM_DEBUG=1``) shows the traceback instead (``pixellm.utils.cli``).
 """
 import argparse
 import os.path as osp
@@ -14,11 +20,13 @@ from mmengine.logging import print_log
 # Run from a checkout without installing: the repository root holds the pixellm package.
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
+from pixellm.engine.preflight import check_config_types, check_run_checkpoints  # noqa: E402
 from pixellm.engine.runner_utils import (add_common_arguments, apply_amp,  # noqa: E402
                                          apply_deepspeed, apply_fsdp, apply_resume, apply_seed,
                                          build_runner, check_data_or_exit,
                                          enable_resume_safety, load_tool_config,
                                          release_runner, shutdown_distributed)
+from pixellm.utils.cli import cli_main  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -55,14 +63,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+@cli_main
 def main(argv=None) -> None:
-    """Build the runner from the config and train.
+    """Check the config and checkpoint, build the runner and train.
 
     Args:
         argv (list[str], optional): Command-line arguments; ``None`` reads ``sys.argv``.
+
+    Raises:
+        SystemExit: A user's mistake (status 2) or another error (status 1), reported in one line
+            (see ``pixellm.utils.cli``).
     """
     args = parse_args(argv)
     cfg = load_tool_config(args)
+    # The user's config, before this tool's own edits add runner and strategy types.
+    check_config_types(cfg, args.config)
     apply_resume(cfg, args.resume)
     apply_seed(cfg, args.seed)
     if args.amp:
@@ -85,6 +100,7 @@ def main(argv=None) -> None:
     notes += enable_resume_safety(cfg)
     # The training loop builds the validation loop too, so both datasets must be there.
     check_data_or_exit(cfg, ('train_dataloader', 'val_dataloader'), 'tools/train.py')
+    check_run_checkpoints(cfg)
 
     runner = build_runner(cfg)
     for note in notes:

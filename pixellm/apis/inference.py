@@ -45,6 +45,27 @@ class InferenceInputError(ValueError):
         super().__init__(message)
 
 
+def check_text(text: str, field: str) -> None:
+    """Refuse text that cannot be encoded as UTF-8 (and so cannot be tokenized).
+
+    Python turns command-line or file bytes that are not valid UTF-8 into lone surrogates
+    (``'\\udcff'``); the tokenizer cannot encode them.
+
+    Args:
+        text (str): The text.
+        field (str): Which input it is, e.g. ``'question'``.
+
+    Raises:
+        InferenceInputError: The text holds a lone surrogate; the message gives its position.
+    """
+    try:
+        text.encode('utf-8')
+    except UnicodeEncodeError as err:
+        raise InferenceInputError(
+            field, f'the {field} is not valid text: character {err.start} is '
+            f'{text[err.start]!r}, an undecodable byte (give the {field} as UTF-8)') from None
+
+
 @dataclass
 class InferenceResult:
     """One answer: text with numbered targets, and one mask per target.
@@ -292,10 +313,12 @@ def build_conversation(question: str, history: Optional[History] = None) -> List
         list[dict]: ``dict(role, content)`` messages ending with the user's question.
 
     Raises:
-        InferenceInputError: The question is empty.
+        InferenceInputError: The question is empty, or is not text that UTF-8 can encode (a lone
+            surrogate, as Python decodes command-line bytes that are not UTF-8).
     """
     if not question or not question.strip():
         raise InferenceInputError('question', 'the question is empty')
+    check_text(question, 'question')
     turns = list(history or []) + [(question.strip(), None)]
     for i, (q, _) in enumerate(turns):
         count = q.count(DEFAULT_IMAGE_TOKEN)

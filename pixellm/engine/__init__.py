@@ -4,8 +4,9 @@ Importing this package replaces the local-file loader of mmengine's ``Checkpoint
 :func:`load_checkpoint_safely` (see :mod:`pixellm.engine.checkpoint`). It also lets mmengine's
 ``DeepSpeedStrategy`` build with current DeepSpeed (see :mod:`pixellm.engine.deepspeed_compat`).
 """
-from .checkpoint import (AtomicLocalBackend, UntrustedCheckpointError, allow_checkpoint_globals,
-                         atomic_write_bytes, atomic_write_text, checkpoint_trust_enabled,
+from .checkpoint import (AtomicLocalBackend, BadCheckpointError, UntrustedCheckpointError,
+                         allow_checkpoint_globals, atomic_write_bytes, atomic_write_text,
+                         check_checkpoint_file, checkpoint_trust_enabled,
                          install_safe_checkpoint_loader, load_checkpoint_safely,
                          mmengine_checkpoint_globals, save_checkpoint_atomic, set_checkpoint_trust,
                          trusted_checkpoints)
@@ -18,11 +19,11 @@ from .runner_utils import (add_common_arguments, apply_amp, apply_deepspeed, app
                            prepare_cpu_distributed, set_show_dir)
 
 __all__ = [
-    'AtomicCheckpointHook', 'AtomicLocalBackend', 'MaskOverlayHook', 'PixelLMVisualizationHook',
-    'RNGStateHook',
-    'UntrustedCheckpointError', 'add_common_arguments', 'allow_checkpoint_globals', 'apply_amp',
-    'apply_deepspeed', 'apply_resume', 'apply_seed', 'apply_work_dir', 'atomic_write_bytes',
-    'atomic_write_text', 'build_runner', 'capture_rng_state', 'check_data_or_exit',
+    'AtomicCheckpointHook', 'AtomicLocalBackend', 'BadCheckpointError', 'MaskOverlayHook',
+    'PixelLMVisualizationHook', 'RNGStateHook', 'UntrustedCheckpointError',
+    'add_common_arguments', 'allow_checkpoint_globals', 'apply_amp', 'apply_deepspeed',
+    'apply_resume', 'apply_seed', 'apply_work_dir', 'atomic_write_bytes', 'atomic_write_text',
+    'build_runner', 'capture_rng_state', 'check_checkpoint_file', 'check_data_or_exit',
     'checkpoint_trust_enabled', 'enable_resume_safety', 'format_metrics',
     'install_safe_checkpoint_loader', 'load_checkpoint_safely', 'load_tool_config',
     'mmengine_checkpoint_globals', 'prepare_cpu_distributed',

@@ -37,11 +37,15 @@ writes to a temporary file in the same directory, fsyncs it and ``os.replace``-s
 target; ``AtomicCheckpointHook`` routes mmengine's checkpoint writes through it.
 """
 import contextlib
+import errno
 import io
 import os
 import os.path as osp
 import pickle
+import pickletools
+import struct
 import tempfile
+import zipfile
 from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -71,22 +75,48 @@ class UntrustedCheckpointError(pickle.UnpicklingError):
         filename (str): The checkpoint file.
         unsafe_globals (list[str]): Fully qualified names of the refused globals.
         detail (str): The unpickler's own message.
+
+    Attributes:
+        filename (str): The checkpoint file.
+        unsafe_globals (list[str]): The refused globals.
+        reason (str): The message without the file name, for one-line reports
+            (:mod:`pixellm.utils.cli`).
     """
 
     def __init__(self, filename: str, unsafe_globals: Sequence[str], detail: str = '') -> None:
         self.filename = filename
         self.unsafe_globals = list(unsafe_globals)
         names = ', '.join(self.unsafe_globals) or '(see the unpickler message below)'
-        message = (
-            f'Refusing to unpickle checkpoint {filename!r}: it contains {names}, which is not on '
+        reason = (
+            f'it contains {names}, which is not on '
             'the allow-list of types that mmengine writes into checkpoints. Unpickling it could '
             'run arbitrary code. If you trust this file, pass --trust-checkpoint to '
             'tools/train.py or tools/test.py, or call '
             'pixellm.engine.load_checkpoint_safely(path, trusted=True); to allow only these '
             'types, call pixellm.engine.allow_checkpoint_globals(<the classes>) before loading.')
         if detail:
-            message += f'\nUnpickler message: {detail}'
-        super().__init__(message)
+            reason += f'\nUnpickler message: {detail}'
+        self.reason = 'refusing to unpickle the checkpoint: ' + reason
+        super().__init__(f'Refusing to unpickle checkpoint {filename!r}: {reason}')
+
+
+class BadCheckpointError(RuntimeError):
+    """A checkpoint file that cannot be read: empty, truncated, corrupt or not a torch checkpoint.
+
+    Args:
+        filename (str): The checkpoint file.
+        reason (str): What is wrong with it, e.g. ``'is empty (0 bytes)'``.
+
+    Attributes:
+        filename (str): The checkpoint file.
+        reason (str): The message without the file name, for one-line reports
+            (:mod:`pixellm.utils.cli`).
+    """
+
+    def __init__(self, filename: str, reason: str) -> None:
+        self.filename = filename
+        self.reason = f'checkpoint {reason}'
+        super().__init__(f'Checkpoint {filename!r} {reason}')
 
 
 def _history_buffer_getattr(obj: Any, name: str) -> Any:
@@ -215,26 +245,140 @@ def load_checkpoint_safely(filename: Union[str, os.PathLike],
     Raises:
         FileNotFoundError: ``filename`` is not a file.
         UntrustedCheckpointError: The file holds globals outside the allow-list.
-        RuntimeError: The file is truncated or not a torch checkpoint; the message names it.
+        BadCheckpointError: The file is empty, truncated, corrupt or not a torch checkpoint; the
+            message names it and says which.
     """
     filename = osp.expanduser(os.fspath(filename))
     if not osp.isfile(filename):
-        raise FileNotFoundError(f'Checkpoint {filename!r} can not be found.')
+        if osp.isdir(filename):
+            raise BadCheckpointError(filename, 'is a folder, not a checkpoint file')
+        raise FileNotFoundError(errno.ENOENT, 'checkpoint does not exist', filename)
     if trusted is None:
         trusted = _TRUST_ALL_CHECKPOINTS
-    if trusted:
-        return torch.load(filename, map_location=map_location, weights_only=False)
-    entries = mmengine_checkpoint_globals()
-    with torch.serialization.safe_globals(entries):
+    try:
+        if trusted:
+            return torch.load(filename, map_location=map_location, weights_only=False)
+        with torch.serialization.safe_globals(mmengine_checkpoint_globals()):
+            try:
+                return torch.load(filename, map_location=map_location, weights_only=True)
+            except pickle.UnpicklingError as err:
+                problem = describe_unreadable_checkpoint(filename)
+                if problem is not None:
+                    raise BadCheckpointError(filename, problem) from err
+                raise _untrusted_error(filename, err) from None
+    except (UntrustedCheckpointError, BadCheckpointError):
+        raise
+    except Exception as err:
+        problem = describe_unreadable_checkpoint(filename)
+        if problem is None and _is_pickle_file(filename) and isinstance(err, _READ_ERRORS):
+            problem = (f'is not a torch checkpoint, or is a truncated one '
+                       f'({type(err).__name__}: {err})')
+        if problem is None and isinstance(err, RuntimeError) and any(
+                text in str(err) for text in ('PytorchStreamReader', 'zip archive')):
+            problem = f'is corrupt: {err}'
+        if problem is None:
+            raise  # e.g. a map_location error: the file itself is fine
+        raise BadCheckpointError(filename, problem) from err
+
+
+# What torch.load raises on a pickle stream that is cut short or is not a torch checkpoint.
+_READ_ERRORS = (EOFError, KeyError, IndexError, ValueError, TypeError, AttributeError,
+                struct.error, RuntimeError, OSError)
+_ZIP_MAGIC = b'PK'
+_PICKLE_PROTO = b'\x80'
+
+
+def _is_pickle_file(filename: str) -> bool:
+    with open(filename, 'rb') as f:
+        return f.read(1) == _PICKLE_PROTO
+
+
+def _is_zip_checkpoint(filename: str) -> bool:
+    with open(filename, 'rb') as f:
+        return f.read(2) == _ZIP_MAGIC
+
+
+def describe_unreadable_checkpoint(filename: Union[str, os.PathLike]) -> Optional[str]:
+    """What makes a file unreadable as a torch checkpoint, from its size and structure alone.
+
+    Reads the first bytes and, for a zip archive (the format of ``torch.save``), its directory;
+    the tensors are not read.
+
+    Args:
+        filename (str | PathLike): An existing file.
+
+    Returns:
+        str | None: ``'is empty (0 bytes)'``, ``'is truncated: ...'``, ``'is not a torch
+        checkpoint: ...'`` or ``'is corrupt: ...'``; None when the file looks like a checkpoint
+        (a zip archive with ``data.pkl``, or a pickle stream as older ``torch.save`` wrote).
+    """
+    filename = os.fspath(filename)
+    size = osp.getsize(filename)
+    if size == 0:
+        return 'is empty (0 bytes)'
+    with open(filename, 'rb') as f:
+        head = f.read(16)
+    if head.startswith(_ZIP_MAGIC):
+        if not zipfile.is_zipfile(filename):
+            return (f'is truncated: it starts as a zip archive (the format torch.save writes) '
+                    f'but its end is missing ({size} bytes); the write or the copy was cut short')
         try:
-            return torch.load(filename, map_location=map_location, weights_only=True)
-        except pickle.UnpicklingError as err:
-            raise _untrusted_error(filename, err) from None
-        except RuntimeError as err:
-            if 'zip archive' in str(err) or 'central directory' in str(err):
-                raise RuntimeError(f'Checkpoint {filename!r} is truncated or is not a torch '
-                                   f'checkpoint: {err}') from err
-            raise
+            with zipfile.ZipFile(filename) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError) as err:
+            return f'is corrupt: its zip directory cannot be read ({err})'
+        if not any(name == 'data.pkl' or name.endswith('/data.pkl') for name in names):
+            return 'is not a torch checkpoint: a zip archive without data.pkl'
+        return None
+    if head.startswith(_PICKLE_PROTO):
+        return None
+    return (f'is not a torch checkpoint: neither a zip archive nor a pickle (it starts with '
+            f'{head[:8]!r})')
+
+
+def check_checkpoint_file(filename: Union[str, os.PathLike],
+                          trusted: Optional[bool] = None) -> None:
+    """Check that a checkpoint file is readable and holds only allowed globals, without loading it.
+
+    The pre-flight check of the tools: for the zip format of ``torch.save`` only the archive's
+    directory and its pickle (``data.pkl``, not the tensors) are read, so it is cheap for a 7B
+    checkpoint too; a file in the older pickle format is loaded with
+    :func:`load_checkpoint_safely`.
+
+    Args:
+        filename (str | PathLike): Local checkpoint file (``~`` is expanded).
+        trusted (bool, optional): ``True`` skips the allow-list; ``None`` follows
+            :func:`set_checkpoint_trust`. Defaults to None.
+
+    Raises:
+        FileNotFoundError: The file does not exist.
+        BadCheckpointError: It is a folder, empty, truncated, corrupt or not a torch checkpoint.
+        UntrustedCheckpointError: Its pickle names globals outside the allow-list.
+    """
+    filename = osp.expanduser(os.fspath(filename))
+    if not osp.isfile(filename):
+        if osp.isdir(filename):
+            raise BadCheckpointError(filename, 'is a folder, not a checkpoint file')
+        raise FileNotFoundError(errno.ENOENT, 'checkpoint does not exist', filename)
+    problem = describe_unreadable_checkpoint(filename)
+    if problem is not None:
+        raise BadCheckpointError(filename, problem)
+    if trusted is None:
+        trusted = _TRUST_ALL_CHECKPOINTS
+    if not _is_zip_checkpoint(filename):
+        load_checkpoint_safely(filename, map_location='cpu', trusted=trusted)
+        return
+    if trusted:
+        return
+    with torch.serialization.safe_globals(mmengine_checkpoint_globals()):
+        try:
+            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(filename)
+        except Exception as err:  # an unreadable data.pkl
+            raise BadCheckpointError(
+                filename, f'is corrupt: its pickle cannot be read ({type(err).__name__}: {err})'
+            ) from err
+    if unsafe:
+        raise UntrustedCheckpointError(filename, sorted(unsafe))
 
 
 def _untrusted_error(filename: str, err: pickle.UnpicklingError) -> UntrustedCheckpointError:
@@ -242,15 +386,46 @@ def _untrusted_error(filename: str, err: pickle.UnpicklingError) -> UntrustedChe
     # torch prefixes its own advice to set weights_only=False; keep only the unpickler's reason.
     marker = 'WeightsUnpickler error: '
     if marker in detail:
-        detail = detail.split(marker, 1)[1].split('\n\n', 1)[0].strip()
+        detail = detail.split(marker, 1)[1].strip().split('\n\n', 1)[0].strip()
         # Drop torch's advice to call add_safe_globals: UntrustedCheckpointError gives ours.
         detail = detail.split(' Please use `torch.serialization.add_safe_globals', 1)[0]
     try:
         # Called inside the safe_globals context, so only the refused names are listed.
         unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(filename)
-    except Exception:  # a legacy (non-zip) file: the unpickler message is all there is
-        unsafe = []
+    except Exception:  # not a zip archive: a plain pickle stream
+        unsafe = _refused_pickle_globals(filename)
     return UntrustedCheckpointError(filename, sorted(unsafe), detail)
+
+
+def _allowed_global_names() -> set:
+    names = set()
+    for entry in mmengine_checkpoint_globals():
+        if isinstance(entry, tuple):
+            names.add(entry[1])
+        else:
+            names.add(f'{entry.__module__}.{entry.__qualname__}')
+    return names
+
+
+def _refused_pickle_globals(filename: str) -> List[str]:
+    """The globals a plain pickle file names that are not on the allow-list, read without
+    unpickling (opcodes only; ``STACK_GLOBAL`` takes the two strings pushed before it)."""
+    found, strings = [], []
+    try:
+        with open(filename, 'rb') as f:
+            for opcode, arg, _ in pickletools.genops(f):
+                if opcode.name == 'GLOBAL':
+                    found.append(str(arg).replace(' ', '.'))
+                elif opcode.name == 'STACK_GLOBAL' and len(strings) >= 2:
+                    found.append(f'{strings[-2]}.{strings[-1]}')
+                elif isinstance(arg, str) and 'UNICODE' in opcode.name:
+                    strings.append(arg)
+                if opcode.name == 'STOP':
+                    break
+    except Exception:  # a damaged stream: report what was read
+        pass
+    allowed = _allowed_global_names()
+    return sorted({name for name in found if name not in allowed})
 
 
 def _load_from_local(filename: str, map_location: MapLocation = None) -> Any:

@@ -29,6 +29,7 @@ Facts about ``mmengine.Config.fromfile`` in mmengine 0.10.7 (checked by experime
   the config is not found unless ``PYTHONPATH`` is set. :func:`load_config` puts the config's
   directory and its project root on ``sys.path`` first and imports the plugins itself.
 """
+import errno
 import os
 import os.path as osp
 import sys
@@ -175,16 +176,20 @@ def load_config(path: Union[str, os.PathLike], cfg_options: Optional[dict] = Non
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ConfigLoadError: The config calls a lazily imported function at config level.
+        ConfigLoadError: The config is not valid Python, or calls a lazily imported function at
+            config level.
         ImportError: A plugin failed to import (see :func:`import_custom_modules`).
     """
     path = osp.abspath(os.fspath(path))
     if not osp.isfile(path):
-        raise FileNotFoundError(f'Config file {path!r} does not exist.')
+        raise FileNotFoundError(errno.ENOENT, 'config file does not exist', path)
     add_import_paths(config_import_paths(path))
     try:
         # Plugins are imported below for both config kinds, with one error message.
         cfg = Config.fromfile(path, import_custom_modules=False)
+    except SyntaxError as err:
+        where = '' if path in str(err) else f'{path}: '
+        raise ConfigLoadError(f'{where}invalid Python syntax: {err}') from err
     except RuntimeError as err:
         readable = _lazy_call_error(path, err)
         if readable is None:

@@ -2,6 +2,7 @@
 --deepspeed`` (trained on two gloo processes) becomes one fp32 ``.pth`` that a freshly built model
 and ``tools/test.py`` load."""
 import json
+import re
 import sys
 import uuid
 
@@ -43,7 +44,8 @@ def zero2(tmp_path_factory):
     return work_dir, _train_deepspeed(work_dir, 'zero2')
 
 
-def test_zero2_folder_converts_to_the_final_weights_and_tools_test_loads_it(zero2, tmp_path):
+def test_zero2_folder_converts_to_the_final_weights_and_tools_test_loads_it(zero2, tmp_path,
+                                                                           capsys):
     work_dir, folder = zero2
     out = tmp_path / 'zero2.pth'
     _converter().main([str(folder), str(out)])
@@ -78,8 +80,12 @@ def test_zero2_folder_converts_to_the_final_weights_and_tools_test_loads_it(zero
     assert metrics['mse'] == pytest.approx(float(((pred - data.y) ** 2).mean()), rel=1e-5)
     assert json.loads(out_json.read_text())['count'] == 8
     # The folder itself is refused with a pointer to this converter.
-    with pytest.raises(SystemExit, match='DeepSpeed checkpoint folder.*deepspeed_to_pth.py'):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
         load_tool('test').main([TOY_DIST, str(folder), '--work-dir', str(tmp_path / 'ds')])
+    assert info.value.code == 2
+    assert re.match(f'error: {re.escape(str(folder))}: .*DeepSpeed checkpoint folder.*'
+                    'deepspeed_to_pth.py', capsys.readouterr().err.splitlines()[-1])
 
 
 def test_work_dir_with_last_checkpoint_is_followed(zero2, tmp_path):

@@ -95,8 +95,15 @@ def test_test_tool_prints_metrics_and_needs_trust_for_foreign_objects(
     ckpt['meta']['extra'] = argparse.Namespace(a=1)
     foreign = tmp_path / 'foreign.pth'
     save_checkpoint_atomic(ckpt, foreign)
-    with pytest.raises(UntrustedCheckpointError, match='argparse.Namespace'):
+    with pytest.raises(SystemExit) as info:
         test_main([TOY_ITER, str(foreign), '--work-dir', str(tmp_path / 't2'),
+                   '--cfg-options', _unique_name()])
+    assert info.value.code == 2
+    line = capsys.readouterr().err.splitlines()[-1]
+    assert line.startswith(f'error: {foreign}: refusing to unpickle')
+    assert 'argparse.Namespace' in line
+    with pytest.raises(UntrustedCheckpointError, match='argparse.Namespace'):
+        test_main([TOY_ITER, str(foreign), '--work-dir', str(tmp_path / 't2'), '--debug',
                    '--cfg-options', _unique_name()])
     try:
         trusted = test_main([TOY_ITER, str(foreign), '--work-dir', str(tmp_path / 't3'),

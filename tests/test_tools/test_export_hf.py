@@ -197,7 +197,7 @@ def test_tied_tables_fold_untie_and_split_back(tmp_path):
         torch.testing.assert_close(back(back.embed(ids))['logits'], want)
 
 
-def test_runner_tests_the_folder_like_the_checkpoint(trained, exported, tmp_path):
+def test_runner_tests_the_folder_like_the_checkpoint(trained, exported, tmp_path, capsys):
     """The config switch through mmengine's runner (what tools/test.py runs), on a tiny MUSE set:
     the runner builds the model from the folder, loads nothing more and keeps the weights."""
     from pixellm.datasets.synthetic import generate_muse_scenes
@@ -234,8 +234,12 @@ def test_runner_tests_the_folder_like_the_checkpoint(trained, exported, tmp_path
     via_tool = test_tool.main([DEMO_CFG, exported, '--work-dir', str(tmp_path / 'tool'),
                                '--cfg-options', *[f'{k}={v}' for k, v in options.items()]])
     assert via_tool == metrics['original']
-    with pytest.raises(SystemExit, match='a folder needs pixellm_config.json'):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
         test_tool.main([DEMO_CFG, str(tmp_path)])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].startswith(
+        f'error: {tmp_path}: checkpoint does not exist (a folder needs pixellm_config.json')
 
 
 def test_dtype_casts_the_llm_only(tool, trained, tmp_path):

@@ -21,6 +21,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 from pixellm.engine.hooks.mask_overlay_hook import render_mask_overlay  # noqa: E402
 from pixellm.models.codebooks.tokens import codebook_cfg_tokens, target_string  # noqa: E402
 from pixellm.registry import DATASETS  # noqa: E402
+from pixellm.utils.cli import add_debug_argument, cli_main  # noqa: E402
 from pixellm.utils.config import load_config  # noqa: E402
 from pixellm.utils.setup_env import register_all_modules  # noqa: E402
 
@@ -49,6 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
         help='override config entries, e.g. train_dataloader.dataset.data_root=/data/muse')
+    add_debug_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -128,6 +130,7 @@ def browse(cfg, split: str, out_dir: str, indices: Optional[List[int]] = None, n
     return written
 
 
+@cli_main
 def main(argv=None) -> None:
     """Load the config, build the dataset and write the overlays.
 

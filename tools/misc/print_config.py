@@ -11,6 +11,7 @@ from mmengine.config import DictAction
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
+from pixellm.utils.cli import add_debug_argument, cli_main  # noqa: E402
 from pixellm.utils.config import load_config  # noqa: E402
 
 
@@ -30,9 +31,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         help='override config entries, e.g. train_cfg.max_iters=100')
     parser.add_argument('--save', metavar='PATH',
                         help='also write the config to PATH (.py, .json or .yaml)')
+    add_debug_argument(parser)
     return parser.parse_args(argv)
 
 
+@cli_main
 def main(argv=None) -> None:
     """Load the config and print it.
 

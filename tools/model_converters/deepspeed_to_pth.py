@@ -30,6 +30,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 import torch  # noqa: E402
 
 from pixellm.engine.checkpoint import save_checkpoint_atomic  # noqa: E402
+from pixellm.utils.cli import add_debug_argument, cli_main  # noqa: E402
 
 TOOL = 'tools/model_converters/deepspeed_to_pth.py'
 MODEL_STATES = ('mp_rank_00_model_states.pt', 'zero_pp_rank_0_mp_rank_00_model_states.pt')
@@ -173,9 +174,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('checkpoint', help='the checkpoint folder, e.g. work_dir/iter_1000.pth')
     parser.add_argument('out', help='the .pth file to write')
     parser.add_argument('--overwrite', action='store_true', help='replace an existing OUT')
+    add_debug_argument(parser)
     return parser.parse_args(argv)
 
 
+@cli_main
 def main(argv: Optional[List[str]] = None) -> None:
     """Command line entry point; errors end the program with their message.
 

@@ -30,11 +30,14 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 from mmengine.config import DictAction  # noqa: E402
 
-from pixellm.engine.checkpoint import UntrustedCheckpointError, set_checkpoint_trust  # noqa: E402
+from pixellm.engine.checkpoint import (UntrustedCheckpointError,  # noqa: E402
+                                      check_checkpoint_file, set_checkpoint_trust)
+from pixellm.engine.preflight import check_config_types  # noqa: E402
 from pixellm.models.export import (CheckpointMismatchError, export_pixellm,  # noqa: E402
                                    load_training_checkpoint)
 from pixellm.registry import MODELS  # noqa: E402
 from pixellm.utils import load_config, register_all_modules  # noqa: E402
+from pixellm.utils.cli import add_debug_argument, cli_main  # noqa: E402
 
 TOOL = 'tools/model_converters/export_hf.py'
 
@@ -63,9 +66,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         'you trust)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
                         help='the config overrides the checkpoint was trained with')
+    add_debug_argument(parser)
     return parser.parse_args(argv)
 
 
+@cli_main
 def main(argv=None) -> dict:
     """Build the model, load the checkpoint and write the exported folder.
 
@@ -76,20 +81,21 @@ def main(argv=None) -> dict:
         dict: The content of the written ``pixellm_config.json``.
 
     Raises:
-        SystemExit: A missing file, a non-empty OUT_DIR without ``--overwrite``, an untrusted
-            checkpoint or a checkpoint that does not fit the config.
+        SystemExit: A missing, unreadable or untrusted checkpoint, an unknown config type or
+            keyword (one line, status 2; see ``pixellm.utils.cli``), a non-empty OUT_DIR without
+            ``--overwrite`` or a checkpoint that does not fit the config.
     """
     args = parse_args(argv)
     out_dir = osp.abspath(args.out_dir)
-    if not osp.isfile(args.checkpoint):
-        raise SystemExit(f'{TOOL}: checkpoint {args.checkpoint!r} does not exist.')
     if osp.exists(out_dir) and not (osp.isdir(out_dir) and not os.listdir(out_dir)) \
             and not args.overwrite:
         raise SystemExit(f'{TOOL}: {out_dir!r} exists and is not an empty folder; pass '
                          '--overwrite to replace it.')
     set_checkpoint_trust(args.trust_checkpoint)
+    check_checkpoint_file(args.checkpoint)
     register_all_modules(init_default_scope=True)
     cfg = load_config(args.config, cfg_options=args.cfg_options)
+    check_config_types(cfg, args.config)
     model_cfg = cfg.model.to_dict() if hasattr(cfg.model, 'to_dict') else dict(cfg.model)
     model = MODELS.build(model_cfg)
     try:

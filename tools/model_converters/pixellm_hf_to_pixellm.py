@@ -34,6 +34,7 @@ from pixellm.models.converters import (ConversionResult, convert_official_pixell
 from pixellm.models.export import CheckpointMismatchError  # noqa: E402
 from pixellm.models.meta_build import build_on_meta  # noqa: E402
 from pixellm.utils import load_config, register_all_modules  # noqa: E402
+from pixellm.utils.cli import add_debug_argument, cli_main  # noqa: E402
 
 TOOL = 'tools/model_converters/pixellm_hf_to_pixellm.py'
 DEFAULT_CONFIG = osp.join(REPO, 'configs', '_base_', 'models', 'pixellm_7b.py')
@@ -64,6 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='seed of the lora_A initialisation (lora_B is zero)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
                         help='override config entries')
+    add_debug_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -95,6 +97,7 @@ def _print_report(result: ConversionResult, dst: str) -> None:
               f'{" ..." if count > 3 else ""}')
 
 
+@cli_main
 def main(argv=None) -> ConversionResult:
     """Convert, save and print what was dropped and set.
 
