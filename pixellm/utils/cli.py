@@ -58,6 +58,8 @@ _LAZY_USER_ERRORS = (
     'pixellm.engine.checkpoint.BadCheckpointError',
     'pixellm.engine.checkpoint.UntrustedCheckpointError',
     'pixellm.apis.inference.InferenceInputError',
+    # A dataset file or record that breaks its format (InvalidTargetError, UnsafePickleError...).
+    'pixellm.datasets.muse_dataset.DatasetFormatError',
     'pixellm.models.export.CheckpointMismatchError',
     'mmengine.config.utils.ConfigParsingError',
 )

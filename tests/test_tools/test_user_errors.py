@@ -277,3 +277,29 @@ def test_shipped_configs_pass_the_type_check():
     assert len(configs) > 10
     for path in configs:
         check_config_types(load_config(path), path)
+
+
+def test_a_bad_dataset_record_is_one_line_naming_file_record_and_field(tmp_path, capsys):
+    """A MUSE record whose polygon lies outside its image stops browse_dataset.py with the
+    dataset's own line (file, record, question, field), exit status 2, no traceback."""
+    import shutil
+    src = osp.join(REPO, 'tests', 'data', 'muse_tiny')
+    root = tmp_path / 'muse'
+    shutil.copytree(src, root)
+    ann = root / 'muse_tiny.json'
+    records = json.loads(ann.read_text())
+    outside = [[100.0, 100.0, 110.0, 100.0, 110.0, 110.0, 100.0, 110.0]]
+    records[0]['answers'][0][0]['segmentation'] = outside
+    ann.write_text(json.dumps(records))
+    browse = load_tool('misc/browse_dataset').main
+    with pytest.raises(SystemExit) as info:
+        browse([DEMO, '--output-dir', str(tmp_path / 'out'), '--cfg-options',
+                f'train_dataloader.dataset.data_root={root}',
+                'train_dataloader.dataset.ann_file=muse_tiny.json',
+                'train_dataloader.dataset.data_prefix.img_path=images'])
+    assert info.value.code == 2
+    out, err = capsys.readouterr()
+    assert 'Traceback' not in out + err
+    line = _last_line(err)
+    assert line.startswith(f'error: {ann}, record 0 (id=7), question 0 '), err[-2000:]
+    assert "field 'answers[0][0].segmentation'" in line and 'outside the image' in line
