@@ -272,24 +272,35 @@ def check_target(segm: Any, height: int, width: int) -> Optional[str]:
 
 
 class SkippedTargets:
-    """Collect the targets an adapter drops under ``skip_invalid_targets=True`` and log them.
+    """What an adapter does with an invalid target: raise it, or, under
+    ``skip_invalid_targets=True``, drop it and log how many and which once the file is read.
 
-    Usage: ``skipped.add(description, reason)`` for each dropped target, then ``skipped.log()``
-    once the file is read.
+    Usage: ``skipped.drop(err)`` for each :class:`InvalidTargetError` (it raises ``err`` when
+    skipping is off, so the caller drops the target only when it returns), then ``skipped.log()``.
 
     Args:
         dataset (str): The dataset class or source name, for the log line.
         file (str): The annotation file (or folder) read.
+        enabled (bool): The adapter's ``skip_invalid_targets``.
     """
 
-    def __init__(self, dataset: str, file: str) -> None:
+    def __init__(self, dataset: str, file: str, enabled: bool) -> None:
         self.dataset = dataset
         self.file = file
+        self.enabled = enabled
         self.items: List[str] = []
 
-    def add(self, what: str, reason: str) -> None:
-        """Record one dropped target: ``what`` names it (record, question, field)."""
-        self.items.append(f'{what}: {reason}')
+    def drop(self, err: 'InvalidTargetError', with_file: bool = False) -> None:
+        """Record ``err``'s target as dropped, or raise ``err`` when skipping is off.
+
+        Args:
+            err (InvalidTargetError): The invalid target.
+            with_file (bool): Name ``err.file`` in the log too (when it is not :attr:`file`).
+        """
+        if not self.enabled:
+            raise err
+        where = f'{err.file}, {err.record}' if with_file else err.record
+        self.items.append(f'{where}, field {err.field!r}: {err.problem}')
 
     def log(self, shown: int = 20) -> None:
         """Log how many targets were dropped and which (the first ``shown`` of them)."""
@@ -389,8 +400,7 @@ class MUSEDataset(BaseDataset):
         """
         records = self._read_records()
         data_list = []
-        skipped = (SkippedTargets(type(self).__name__, self.ann_file)
-                   if self.skip_invalid_targets else None)
+        skipped = SkippedTargets(type(self).__name__, self.ann_file, self.skip_invalid_targets)
         for index, record in enumerate(records):
             info = self.parse_record(record, index, skipped)
             if info is None:
@@ -400,8 +410,7 @@ class MUSEDataset(BaseDataset):
                     data_list.append(dict(info, question_index=q))
             else:
                 data_list.append(info)
-        if skipped is not None:
-            skipped.log()
+        skipped.log()
         return data_list
 
     def _read_records(self) -> list:
@@ -441,8 +450,8 @@ class MUSEDataset(BaseDataset):
         Args:
             record (Any): One element of the json list.
             index (int): Its position in the list, for error messages.
-            skipped (SkippedTargets, optional): Where invalid targets are recorded and dropped
-                (with the question that asks for them); None raises on the first one.
+            skipped (SkippedTargets, optional): Raises or drops invalid targets (a dropped
+                target drops the question that asks for it); None raises on the first one.
 
         Returns:
             dict or None: The per-image data info (see :meth:`load_data_list`); None when every
@@ -452,6 +461,8 @@ class MUSEDataset(BaseDataset):
             DatasetFormatError: Naming the file, the record and the field at fault
                 (:class:`InvalidTargetError` for a target that gives no usable mask).
         """
+        if skipped is None:
+            skipped = SkippedTargets(type(self).__name__, self.ann_file, enabled=False)
         record_id = record.get('id') if isinstance(record, dict) else None
         where = describe_record(index, record_id)
 
@@ -522,9 +533,7 @@ class MUSEDataset(BaseDataset):
                     invalid = InvalidTargetError(
                         self.ann_file, f'{where}, question {q} {question!r}, target {t}'
                         f'{_instance_id(inst)}', f'{field}.segmentation', problem)
-                    if skipped is None:
-                        raise invalid
-                    skipped.add(f'{invalid.record}, field {invalid.field!r}', problem)
+                    skipped.drop(invalid)
                     dropped_questions.add(q)
                 # Only a composed answer (no text answer) needs the instance's name.
                 if text is None and not (isinstance(inst.get('category_name'), str)

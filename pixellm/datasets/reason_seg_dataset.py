@@ -314,15 +314,12 @@ class ReasonSegDataset(BaseDataset):
         data_list = []
         for split in self.splits:
             folder = osp.join(self.data_prefix['img_path'], split)
-            skipped = (SkippedTargets('ReasonSegDataset', folder)
-                       if self.skip_invalid_targets else None)
+            skipped = SkippedTargets('ReasonSegDataset', folder, self.skip_invalid_targets)
             for index, img_path in enumerate(self._split_images(split)):
                 try:
                     info = self.parse_image(img_path, index, split, explanations)
                 except InvalidTargetError as err:
-                    if skipped is None:
-                        raise
-                    skipped.add(f'{err.file}, {err.record}, field {err.field!r}', err.problem)
+                    skipped.drop(err, with_file=True)
                     continue
                 if not self.test_mode:
                     data_list.append(info)
@@ -331,6 +328,5 @@ class ReasonSegDataset(BaseDataset):
                                      for q in range(len(info['questions'])))
                 else:
                     data_list.append(dict(info, question_index=0))
-            if skipped is not None:
-                skipped.log()
+            skipped.log()
         return data_list

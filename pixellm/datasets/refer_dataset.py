@@ -333,8 +333,8 @@ class ReferSegDataset(BaseDataset):
         cache: Dict[int, dict] = {}
         splits = set()
         num_empty = num_crowd_only = 0
-        skipped = (SkippedTargets(type(self).__name__, self.instances_file)
-                   if self.skip_invalid_targets else None)
+        skipped = SkippedTargets(type(self).__name__, self.instances_file,
+                                 self.skip_invalid_targets)
         for index, ref in enumerate(refs):
             ref_id = ref.get('ref_id') if isinstance(ref, dict) else None
             where = f'refs[{index}]' + ('' if ref_id is None else f' (ref_id={ref_id})')
@@ -360,9 +360,7 @@ class ReferSegDataset(BaseDataset):
                 targets = self._targets(ann_ids, image, tables, cache, fail)
             except InvalidTargetError as err:
                 named = f'{err.record}, a target of {where} {_first_sentence(ref)!r}'
-                if skipped is None:
-                    raise InvalidTargetError(err.file, named, err.field, err.problem) from None
-                skipped.add(f'{named}, field {err.field!r}', err.problem)
+                skipped.drop(InvalidTargetError(err.file, named, err.field, err.problem))
                 continue
             if targets is None:
                 num_crowd_only += 1
@@ -395,8 +393,7 @@ class ReferSegDataset(BaseDataset):
                       f'of split {self.split!r} in {self.ann_file} whose every object is a crowd '
                       'region (iscrowd), which is no target', logger='current',
                       level=logging.WARNING)
-        if skipped is not None:
-            skipped.log()
+        skipped.log()
         if not per_image:
             raise DatasetFormatError(self.ann_file, '', 'split',
                                      f'no ref of split {self.split!r}; the file has splits '

@@ -411,22 +411,18 @@ class COCOPartSemSegDataset(SemSegQADataset):
         categories = self._parse_categories(coco['categories'])
         images = self._parse_images(coco['images'])
         instances: Dict[Any, List[dict]] = {image_id: [] for image_id in images}
-        skipped = (SkippedTargets(self.dataset_name, self.ann_file)
-                   if self.skip_invalid_targets else None)
+        skipped = SkippedTargets(self.dataset_name, self.ann_file, self.skip_invalid_targets)
         for k, ann in enumerate(coco['annotations']):
             try:
                 image_id = self._check_annotation(ann, k, images, categories)
             except InvalidTargetError as err:
-                if skipped is None:
-                    raise
-                skipped.add(f'{err.record}, field {err.field!r}', err.problem)
+                skipped.drop(err)
                 continue
             instances[image_id].append(
                 dict({key: ann[key] for key in _KEPT_INSTANCE_KEYS if key in ann},
                      segmentation=clean_polygons(ann['segmentation']),
                      **categories[ann['category_id']]))
-        if skipped is not None:
-            skipped.log()
+        skipped.log()
 
         data_list, skipped = [], 0
         for image_id, (index, image) in images.items():
