@@ -248,11 +248,7 @@ def load_checkpoint_safely(filename: Union[str, os.PathLike],
         BadCheckpointError: The file is empty, truncated, corrupt or not a torch checkpoint; the
             message names it and says which.
     """
-    filename = osp.expanduser(os.fspath(filename))
-    if not osp.isfile(filename):
-        if osp.isdir(filename):
-            raise BadCheckpointError(filename, 'is a folder, not a checkpoint file')
-        raise FileNotFoundError(errno.ENOENT, 'checkpoint does not exist', filename)
+    filename = _existing_file(filename)
     if trusted is None:
         trusted = _TRUST_ALL_CHECKPOINTS
     try:
@@ -279,6 +275,16 @@ def load_checkpoint_safely(filename: Union[str, os.PathLike],
         if problem is None:
             raise  # e.g. a map_location error: the file itself is fine
         raise BadCheckpointError(filename, problem) from err
+
+
+def _existing_file(filename: Union[str, os.PathLike]) -> str:
+    """``filename`` with ``~`` expanded, after checking it is a file (not a folder)."""
+    filename = osp.expanduser(os.fspath(filename))
+    if not osp.isfile(filename):
+        if osp.isdir(filename):
+            raise BadCheckpointError(filename, 'is a folder, not a checkpoint file')
+        raise FileNotFoundError(errno.ENOENT, 'checkpoint does not exist', filename)
+    return filename
 
 
 # What torch.load raises on a pickle stream that is cut short or is not a torch checkpoint.
@@ -355,11 +361,7 @@ def check_checkpoint_file(filename: Union[str, os.PathLike],
         BadCheckpointError: It is a folder, empty, truncated, corrupt or not a torch checkpoint.
         UntrustedCheckpointError: Its pickle names globals outside the allow-list.
     """
-    filename = osp.expanduser(os.fspath(filename))
-    if not osp.isfile(filename):
-        if osp.isdir(filename):
-            raise BadCheckpointError(filename, 'is a folder, not a checkpoint file')
-        raise FileNotFoundError(errno.ENOENT, 'checkpoint does not exist', filename)
+    filename = _existing_file(filename)
     problem = describe_unreadable_checkpoint(filename)
     if problem is not None:
         raise BadCheckpointError(filename, problem)
