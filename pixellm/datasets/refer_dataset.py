@@ -82,9 +82,9 @@ class ReferSegDataset(BaseDataset):
     Errors: a missing refs file or ``instances.json`` raises ``FileNotFoundError`` naming the
     path to prepare; a refs pickle that names any class or function raises
     :class:`~pixellm.datasets.dataset_utils.UnsafePickleError` without running anything (see
-    :func:`~pixellm.datasets.dataset_utils.load_data_pickle`); a malformed file, a ref without sentences, an unknown ``image_id``,
-    ``ann_id`` or ``category_id``, an annotation of another image, an empty ``annotations``
-    list or a bad segmentation raise :class:`DatasetFormatError` naming the file, the record
+    :func:`~pixellm.datasets.dataset_utils.load_data_pickle`); a malformed file, a ref without
+    sentences, an unknown ``image_id``, ``ann_id`` or ``category_id``, an annotation of another
+    image, an empty ``annotations`` list or a bad segmentation raise :class:`DatasetFormatError` naming the file, the record
     and the field. A missing image is reported by ``LoadImageFromFile`` when it is read.
 
     Args:

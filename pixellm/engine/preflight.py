@@ -246,17 +246,4 @@ def check_run_checkpoints(cfg: Config) -> List[str]:
     return [path]
 
 
-def preflight(cfg: Config, checkpoints: bool = True) -> None:
-    """Run every check of this module: config types and keywords, then the run's checkpoint.
-
-    Args:
-        cfg (Config): The full config, after the tool's edits.
-        checkpoints (bool): Also check the checkpoint the run will load. Defaults to True.
-    """
-    check_config_types(cfg)
-    if checkpoints:
-        check_run_checkpoints(cfg)
-
-
-__all__ = ['ConfigCheckError', 'check_config_types', 'check_run_checkpoints', 'preflight',
-           'run_checkpoint']
+__all__ = ['ConfigCheckError', 'check_config_types', 'check_run_checkpoints', 'run_checkpoint']

@@ -450,13 +450,17 @@ def bench_train(model, cfg, args, device: str, dtype: torch.dtype) -> Dict:
                    dict(seq_len=args.seq_len, targets_per_sample=args.targets))
 
 
+def answer_ids(model, targets: int) -> List[int]:
+    """Ids of ``'<target> and <target> ...'`` naming ``targets`` targets."""
+    return model.tokenizer(' and '.join([model.codebook.target_text] * targets),
+                           add_special_tokens=False).input_ids
+
+
 def forced_answer_ids(model, targets: int, new_tokens: int) -> List[int]:
-    """Ids of ``'<target> and <target> ...'`` for as many of ``targets`` as fit in
-    ``new_tokens - 1`` generated tokens (the last generated token's state is never read)."""
-    tok = model.tokenizer
+    """:func:`answer_ids` for as many of ``targets`` as fit in ``new_tokens - 1`` generated
+    tokens (the last generated token's state is never read)."""
     for n in range(targets, 0, -1):
-        ids = tok(' and '.join([model.codebook.target_text] * n),
-                  add_special_tokens=False).input_ids
+        ids = answer_ids(model, n)
         if len(ids) < new_tokens:
             return ids
     return []
@@ -510,9 +514,7 @@ def bench_infer(model, args, device: str, dtype: torch.dtype) -> Dict:
     model.eval()
     if args.new_tokens is None:
         # Room for every target's tokens, and at least 32 tokens of generation.
-        needed = len(model.tokenizer(' and '.join([model.codebook.target_text] * args.targets),
-                                     add_special_tokens=False).input_ids) + 1
-        args.new_tokens = max(32, needed)
+        args.new_tokens = max(32, len(answer_ids(model, args.targets)) + 1)
     model.max_new_tokens = args.new_tokens
     steer = GenerationSteer(model, forced_answer_ids(model, args.targets, args.new_tokens))
     images, samples = synthetic_batch(model, 1, args.seq_len, args.targets)
@@ -667,8 +669,8 @@ def parse_args(argv=None):
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads')
     parser.add_argument('--out', default=None, help='write the results as json here')
     parser.add_argument('--profile', default=None, metavar='DIR',
-                        help='after the timed runs, profile 2 steps of each mode with '
-                             'torch.profiler and write the operators that take the most time '
+                        help=f'after the timed runs, profile {PROFILE_STEPS} steps of each mode '
+                             'with torch.profiler and write the operators that take the most time '
                              '(DIR/<mode>_ops.txt) and the time per module kind '
                              '(DIR/<mode>_modules.txt)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default=None,
