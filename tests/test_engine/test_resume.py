@@ -218,3 +218,19 @@ def test_epoch_resume_restores_in_before_train_epoch(mid_epoch):
     hook.before_train_epoch(runner)
     assert torch.equal(torch.rand(1), expected)
     assert any('restarts that epoch' in line for line in runner.logs) == mid_epoch
+
+
+def test_resume_under_another_thread_count_warns_and_names_both_counts():
+    checkpoint = {}
+    RNGStateHook().before_save_checkpoint(_fake_runner(4, _Loop(4)), checkpoint)
+    assert checkpoint['rng_state']['numerics']['threads'] == torch.get_num_threads()
+    same = _fake_runner(4, _Loop(4))
+    RNGStateHook().after_load_checkpoint(same, dict(checkpoint, meta={'iter': 4}))
+    assert same.logs == []
+    threads = torch.get_num_threads()
+    checkpoint['rng_state']['numerics']['threads'] = threads + 3
+    other = _fake_runner(4, _Loop(4))
+    RNGStateHook().after_load_checkpoint(other, dict(checkpoint, meta={'iter': 4}))
+    assert len(other.logs) == 1
+    assert f'threads {threads + 3} -> {threads}' in other.logs[0]
+    assert 'not be bit-equal' in other.logs[0]

@@ -36,6 +36,7 @@ from mmengine.dist import get_rank, get_world_size
 from mmengine.hooks import Hook
 
 from pixellm.registry import HOOKS
+from .grad_digest_hook import numerics_context
 
 CHECKPOINT_KEY = 'rng_state'
 
@@ -102,7 +103,9 @@ class RNGStateHook(Hook):
     Adds ``checkpoint['rng_state']`` when a checkpoint is saved and restores it when training
     resumes from such a checkpoint, at the point where the uninterrupted run would continue. A
     checkpoint loaded with ``load_from`` (fine-tuning, not resuming) leaves the random state alone.
-    Also isolates the training random stream from validation (see the module docstring).
+    Also isolates the training random stream from validation (see the module docstring), and
+    records the process's numerics settings (:func:`numerics_context`: the intra-op thread count
+    above all) so that a resume under other settings, which cannot be bit-equal, says so.
     """
 
     # Before other hooks' ``before_train_epoch``/``before_val``, so none of them draws first.
@@ -123,7 +126,8 @@ class RNGStateHook(Hook):
         # A best checkpoint is written inside validation; training continues from the state
         # validation started with, which after_val puts back.
         state = self._val_stash if self._val_stash is not None else capture_rng_state()
-        checkpoint[CHECKPOINT_KEY] = dict(state, world_size=get_world_size())
+        checkpoint[CHECKPOINT_KEY] = dict(state, world_size=get_world_size(),
+                                          numerics=numerics_context())
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         """Keep the saved state until training reaches the point where it applies.
@@ -138,6 +142,15 @@ class RNGStateHook(Hook):
             runner.logger.warning(
                 'RNGStateHook: the checkpoint has no random state (written without this hook); '
                 'a resumed run will not repeat the random draws of an uninterrupted one.')
+            return
+        saved = self._pending.get('numerics') or {}
+        changed = [f'{key} {saved[key]} -> {value}' for key, value in numerics_context().items()
+                   if key in saved and saved[key] != value]
+        if changed:
+            runner.logger.warning(
+                'RNGStateHook: the checkpoint was written with other numerics settings ('
+                + ', '.join(changed) + '); sums split and round differently, so the resumed run '
+                'will not be bit-equal to an uninterrupted one (set OMP_NUM_THREADS to match).')
 
     def before_train_epoch(self, runner) -> None:
         """Restore the saved state (first epoch after a resume only).
