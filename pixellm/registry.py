@@ -114,5 +114,5 @@ OPTIM_WRAPPER_CONSTRUCTORS = _child('optimizer wrapper constructor',
                                     MMENGINE_OPTIM_WRAPPER_CONSTRUCTORS, 'pixellm.engine')
 PARAM_SCHEDULERS = _child('parameter scheduler', MMENGINE_PARAM_SCHEDULERS, 'pixellm.engine')
 
-VISUALIZERS = _child('visualizer', MMENGINE_VISUALIZERS, 'pixellm.engine')
+VISUALIZERS = _child('visualizer', MMENGINE_VISUALIZERS, 'pixellm.visualization')
 VISBACKENDS = _child('vis_backend', MMENGINE_VISBACKENDS, 'pixellm.engine')

@@ -6,6 +6,8 @@ The checkpoint is loaded with pixellm's allow-listed ``weights_only`` loader (se
 Each run writes its records into its own folder ``<work_dir>/<timestamp>/``: the log, the config
 as run (``<config name>.py``) and the metrics (``test_metrics.json``; ``--out`` writes a copy
 where asked). The training run's config dump ``<work_dir>/<config name>.py`` is left as it is.
+``--dump FILE.json`` also writes every question's prediction (image path, question, generated
+answer, each target's label and COCO RLE mask; see ``pixellm.evaluation.DumpPredictions``).
 
 The config's types, its data paths and the checkpoint are checked before the runner is built; a
 mistake ends the run with one line, ``error: <file>: <what>``, and exit status 2, before anything
@@ -21,10 +23,12 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from pixellm.engine.checkpoint import atomic_write_text  # noqa: E402
+from pixellm.engine.hooks import codebook_tokens_of  # noqa: E402
 from pixellm.engine.preflight import check_config_types, check_run_checkpoints  # noqa: E402
 from pixellm.engine.runner_utils import (add_common_arguments, build_runner,  # noqa: E402
                                          check_data_or_exit, format_metrics, load_tool_config,
                                          set_show_dir, release_runner, shutdown_distributed)
+from pixellm.evaluation import DumpPredictions  # noqa: E402
 from pixellm.models.export import CONFIG_FILE as EXPORT_CONFIG_FILE  # noqa: E402
 from pixellm.utils.cli import UserError, cli_main  # noqa: E402
 
@@ -47,6 +51,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         'folder; the config gives data and metric)')
     parser.add_argument('--show-dir', help='write mask overlay PNGs of the predictions here')
     parser.add_argument('--out', help='also write the metrics to this json file')
+    parser.add_argument('--dump', metavar='FILE.json',
+                        help='write every prediction here: img_path, question, answer and per '
+                        'target its label and COCO RLE mask')
     add_common_arguments(parser)
     return parser.parse_args(argv)
 
@@ -95,10 +102,15 @@ def main(argv=None) -> dict:
     cfg.resume = False
     if args.show_dir:
         set_show_dir(cfg, osp.abspath(args.show_dir))
+    if args.dump and not args.dump.endswith('.json'):
+        raise UserError('--dump writes json: give a file name ending in .json', args.dump)
     check_data_or_exit(cfg, ('test_dataloader', ), 'tools/test.py')
     check_run_checkpoints(cfg)
 
     runner = build_runner(cfg, records_in_log_dir=True)
+    if args.dump:
+        runner.test_loop.evaluator.metrics.append(DumpPredictions(
+            out_file=osp.abspath(args.dump), codebook_tokens=codebook_tokens_of(runner)))
     metrics = runner.test()
     rank, log_dir = runner.rank, runner.log_dir
     release_runner(runner)

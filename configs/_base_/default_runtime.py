@@ -9,10 +9,11 @@ default_hooks = dict(
     sampler_seed=dict(type='DistSamplerSeedHook'))
 env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method='fork'),
                dist_cfg=dict(backend='nccl'))
-# Scalars and validation overlays (PixelLMVisualizationHook: prediction | ground truth of a few
-# fixed validation samples) go to <work_dir>/<timestamp>/vis_data and, when the tensorboard
-# package is installed, to TensorBoard (tools/train.py leaves the backend out otherwise).
-visualizer = dict(type='Visualizer',
+# Scalars and validation drawings (PixelLMVisualizationHook: prediction | ground truth of a few
+# fixed validation samples, drawn by PixelLMVisualizer) go to <work_dir>/<timestamp>/vis_data and,
+# when the tensorboard package is installed, to TensorBoard (tools/train.py leaves the backend out
+# otherwise). `tools/test.py --show-dir DIR` makes the same hook write every test prediction.
+visualizer = dict(type='PixelLMVisualizer',
                   vis_backends=[dict(type='LocalVisBackend'), dict(type='TensorboardVisBackend')])
 custom_hooks = [dict(type='PixelLMVisualizationHook', interval=50, max_samples=4)]
 log_processor = dict(by_epoch=False, window_size=10)

@@ -139,15 +139,11 @@ class InferenceResult:
             mask_paths.append(path)
         rle_path = None
         if save_rle:
-            from pycocotools import mask as mask_utils
+            from pixellm.datasets.dataset_utils import encode_mask
             rle_path = osp.join(out_dir, f'{stem}_masks.json')
-            targets = []
-            for k, mask in enumerate(self.masks):
-                rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-                targets.append(dict(index=k + 1, label=self.labels[k] if k < len(self.labels)
-                                    else '', score=float(self.scores[k]),
-                                    segmentation=dict(size=[int(v) for v in rle['size']],
-                                                      counts=rle['counts'].decode('ascii'))))
+            targets = [dict(index=k + 1, label=self.labels[k] if k < len(self.labels) else '',
+                            score=float(self.scores[k]), segmentation=encode_mask(mask))
+                       for k, mask in enumerate(self.masks)]
             with open(rle_path, 'w') as f:
                 json.dump(dict(image=self.img_path, question=self.question, answer=self.text,
                                raw_answer=self.raw_text, targets=targets), f, indent=2)

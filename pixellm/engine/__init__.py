@@ -11,15 +11,15 @@ from .checkpoint import (AtomicLocalBackend, BadCheckpointError, UntrustedCheckp
                          mmengine_checkpoint_globals, save_checkpoint_atomic, set_checkpoint_trust,
                          trusted_checkpoints)
 from .deepspeed_compat import register_available_deepspeed_optimizers
-from .hooks import (AtomicCheckpointHook, MaskOverlayHook, PixelLMVisualizationHook, RNGStateHook,
-                    capture_rng_state, render_mask_overlay, restore_rng_state)
+from .hooks import (AtomicCheckpointHook, GradDigestHook, PixelLMVisualizationHook, RNGStateHook,
+                    capture_rng_state, restore_rng_state)
 from .runner_utils import (add_common_arguments, apply_amp, apply_deepspeed, apply_resume,
                            apply_seed, apply_work_dir, build_runner, check_data_or_exit,
                            enable_resume_safety, format_metrics, load_tool_config,
                            prepare_cpu_distributed, set_show_dir)
 
 __all__ = [
-    'AtomicCheckpointHook', 'AtomicLocalBackend', 'BadCheckpointError', 'MaskOverlayHook',
+    'AtomicCheckpointHook', 'AtomicLocalBackend', 'BadCheckpointError', 'GradDigestHook',
     'PixelLMVisualizationHook', 'RNGStateHook', 'UntrustedCheckpointError',
     'add_common_arguments', 'allow_checkpoint_globals', 'apply_amp', 'apply_deepspeed',
     'apply_resume', 'apply_seed', 'apply_work_dir', 'atomic_write_bytes', 'atomic_write_text',
@@ -27,6 +27,6 @@ __all__ = [
     'checkpoint_trust_enabled', 'enable_resume_safety', 'format_metrics',
     'install_safe_checkpoint_loader', 'load_checkpoint_safely', 'load_tool_config',
     'mmengine_checkpoint_globals', 'prepare_cpu_distributed',
-    'register_available_deepspeed_optimizers', 'render_mask_overlay', 'restore_rng_state',
+    'register_available_deepspeed_optimizers', 'restore_rng_state',
     'save_checkpoint_atomic', 'set_checkpoint_trust', 'set_show_dir', 'trusted_checkpoints'
 ]

@@ -29,7 +29,7 @@ from .checkpoint import set_checkpoint_trust
 
 CHECKPOINT_HOOK = 'pixellm.AtomicCheckpointHook'
 RNG_HOOK = 'pixellm.RNGStateHook'
-OVERLAY_HOOK = 'pixellm.MaskOverlayHook'
+VISUALIZATION_HOOK = 'pixellm.PixelLMVisualizationHook'
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -234,10 +234,10 @@ def enable_resume_safety(cfg: Config) -> List[str]:
 
 
 def set_show_dir(cfg: Config, show_dir: str) -> None:
-    """Make the test write mask overlays to ``show_dir`` (``--show-dir``).
+    """Make the test write a PNG of every prediction to ``show_dir`` (``--show-dir``).
 
-    An existing ``MaskOverlayHook`` in ``custom_hooks`` gets ``out_dir=show_dir``; otherwise one
-    is appended.
+    An existing ``PixelLMVisualizationHook`` in ``custom_hooks`` gets ``test_out_dir=show_dir``;
+    otherwise one is appended.
 
     Args:
         cfg (Config): The config, edited in place.
@@ -245,11 +245,11 @@ def set_show_dir(cfg: Config, show_dir: str) -> None:
     """
     custom_hooks = list(cfg.get('custom_hooks') or [])
     for hook in custom_hooks:
-        if _hook_type(hook) == 'MaskOverlayHook':
-            hook['out_dir'] = show_dir
+        if _hook_type(hook) == 'PixelLMVisualizationHook':
+            hook['test_out_dir'] = show_dir
             break
     else:
-        custom_hooks.append(dict(type=OVERLAY_HOOK, out_dir=show_dir))
+        custom_hooks.append(dict(type=VISUALIZATION_HOOK, test_out_dir=show_dir))
     cfg.custom_hooks = custom_hooks
 
 

@@ -1,4 +1,4 @@
 """Evaluation of pixellm: metrics registered in ``pixellm.registry.METRICS``."""
-from .metrics import ReasonSegMetric
+from .metrics import DumpPredictions, ReasonSegMetric
 
-__all__ = ['ReasonSegMetric']
+__all__ = ['DumpPredictions', 'ReasonSegMetric']

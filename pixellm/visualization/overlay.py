@@ -1,8 +1,8 @@
 """Drawing PixelLM answers: numbered targets in the text, one coloured mask per target, a legend.
 
-One renderer serves ``tools/test.py --show-dir`` (:class:`~pixellm.engine.MaskOverlayHook`), the
-validation visualisation hook, ``tools/chat.py``, :mod:`pixellm.apis` and the web demo, so a
-prediction looks the same wherever it is shown.
+One renderer serves :class:`PixelLMVisualizer` (validation images, ``tools/test.py --show-dir``),
+``tools/chat.py``, :mod:`pixellm.apis` and the web demo, so a prediction looks the same wherever
+it is shown.
 """
 import colorsys
 import re

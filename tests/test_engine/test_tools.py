@@ -1,4 +1,4 @@
-"""``tools/train.py`` and ``tools/test.py`` on the toy plugin, their config edits, mask overlays."""
+"""``tools/train.py`` and ``tools/test.py`` on the toy plugin, their config edits, test drawings."""
 import argparse
 import os.path as osp
 import re
@@ -15,14 +15,14 @@ from mmengine.runner import Runner
 from mmengine.structures import InstanceData
 from PIL import Image
 
-from pixellm.engine import (MaskOverlayHook, UntrustedCheckpointError, apply_amp, apply_resume,
-                            apply_seed, apply_work_dir, build_runner, enable_resume_safety,
-                            format_metrics, load_checkpoint_safely, save_checkpoint_atomic,
-                            set_show_dir)
+from pixellm.engine import (PixelLMVisualizationHook, UntrustedCheckpointError, apply_amp,
+                            apply_resume, apply_seed, apply_work_dir, build_runner,
+                            enable_resume_safety, format_metrics, load_checkpoint_safely,
+                            save_checkpoint_atomic, set_show_dir)
 from pixellm.engine.checkpoint import checkpoint_trust_enabled, set_checkpoint_trust
-from pixellm.engine.hooks.mask_overlay_hook import mask_colors
 from pixellm.engine.runner_utils import amp_device_available
 from pixellm.structures import PixelLMDataSample
+from pixellm.visualization import PixelLMVisualizer, mask_colors
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TOY = osp.join(REPO, 'tests', 'test_engine', 'toy')
@@ -220,13 +220,15 @@ def test_format_metrics_lists_every_metric():
     assert lines[0].startswith('=====') and set(lines[-1]) == {'='}
 
 
-def test_show_dir_sets_or_adds_the_overlay_hook():
+def test_show_dir_sets_or_adds_the_visualization_hook():
     cfg = Config(dict(custom_hooks=[dict(type='RNGStateHook')]))
     set_show_dir(cfg, '/tmp/vis')
-    assert cfg.custom_hooks[-1] == dict(type='pixellm.MaskOverlayHook', out_dir='/tmp/vis')
-    cfg = Config(dict(custom_hooks=[dict(type='MaskOverlayHook', out_dir='a', alpha=0.3)]))
+    assert cfg.custom_hooks[-1] == dict(type='pixellm.PixelLMVisualizationHook',
+                                        test_out_dir='/tmp/vis')
+    cfg = Config(dict(custom_hooks=[dict(type='PixelLMVisualizationHook', interval=5, alpha=0.3)]))
     set_show_dir(cfg, 'b')
-    assert cfg.custom_hooks == [dict(type='MaskOverlayHook', out_dir='b', alpha=0.3)]
+    assert cfg.custom_hooks == [dict(type='PixelLMVisualizationHook', interval=5, alpha=0.3,
+                                     test_out_dir='b')]
 
 
 def _sample(img_path, masks, question='Where is the cat?', answer='It is [SEG] here.'):
@@ -246,13 +248,19 @@ def image(tmp_path):
     return path
 
 
-def test_mask_overlay_hook_writes_tinted_masks_and_text(tmp_path, image):
+def _test_runner(tmp_path):
+    return argparse.Namespace(visualizer=None, model=None, log_dir=str(tmp_path))
+
+
+def test_visualization_hook_writes_tinted_test_masks_and_text(tmp_path, image):
     masks = np.zeros((2, 20, 30), dtype=bool)
     masks[0, :5, :5] = True
     masks[1, 10:, 20:] = True
-    hook = MaskOverlayHook(out_dir=str(tmp_path / 'vis'), alpha=0.5)
-    hook.before_test(None)
-    hook.after_test_iter(None, 0, None, [_sample(image, masks), _sample(image, masks[:1])])
+    hook = PixelLMVisualizationHook(test_out_dir='vis', alpha=0.5)
+    runner = _test_runner(tmp_path)
+    hook.before_test(runner)
+    assert hook.test_out_dir == str(tmp_path / 'vis')  # relative to the run's log_dir
+    hook.after_test_iter(runner, 0, None, [_sample(image, masks), _sample(image, masks[:1])])
     first = np.asarray(Image.open(tmp_path / 'vis' / 'street_01_q0.png'))
     assert (tmp_path / 'vis' / 'street_01_q1.png').exists()
     original = np.asarray(Image.open(image).convert('RGB')).astype(float)
@@ -267,24 +275,62 @@ def test_mask_overlay_hook_writes_tinted_masks_and_text(tmp_path, image):
     assert (band.sum(axis=-1) < 100).any()  # dark text was drawn on the white band
 
 
-def test_mask_overlay_hook_interval_max_samples_and_errors(tmp_path, image):
+def test_visualization_hook_test_interval_max_samples_and_errors(tmp_path, image):
     masks = np.ones((1, 20, 30), dtype=bool)
-    hook = MaskOverlayHook(out_dir=str(tmp_path / 'vis'), interval=2, max_samples=3)
-    hook.before_test(None)
+    hook = PixelLMVisualizationHook(test_out_dir=str(tmp_path / 'vis'), test_interval=2,
+                                    max_test_samples=3)
+    runner = _test_runner(tmp_path)
+    hook.before_test(runner)
     for batch_idx in range(4):
-        hook.after_test_iter(None, batch_idx, None, [_sample(image, masks)] * 2)
-    # Batches 1 and 3 are visualised (every second), capped at 3 images.
+        hook.after_test_iter(runner, batch_idx, None, [_sample(image, masks)] * 2)
+    # Batches 1 and 3 are drawn (every second), capped at 3 images.
     assert hook.num_written == 3
     assert sorted(p.name for p in (tmp_path / 'vis').iterdir()) == [
         'street_01_q0.png', 'street_01_q1.png', 'street_01_q2.png']
+    # Without test_out_dir the hook draws nothing in test (validation only).
+    quiet = PixelLMVisualizationHook()
+    quiet.before_test(runner)
+    quiet.after_test_iter(runner, 0, None, [_sample(image, masks)])
+    assert quiet.num_written == 0
 
+    drawer = PixelLMVisualizer(name=f'test-{uuid.uuid4().hex[:8]}')
     with pytest.raises(ValueError, match='street_01.jpg.*original image resolution'):
-        hook.write_sample(_sample(image, np.ones((1, 10, 10), dtype=bool)))
+        drawer.draw_datasample(_sample(image, np.ones((1, 10, 10), dtype=bool)), draw_gt=False)
     no_text = PixelLMDataSample(metainfo=dict(img_path=str(image), question='q'))
     with pytest.raises(KeyError, match='pred_text'):
-        hook.write_sample(no_text)
-    empty = hook.write_sample(_sample(image, np.zeros((0, 20, 30), dtype=bool)))
-    assert Image.open(empty).size[0] == 30
-    indexed = _sample(image, masks)
-    indexed.set_metainfo(dict(question_idx=5))
-    assert osp.basename(hook.write_sample(indexed)) == 'street_01_q5.png'
+        drawer.draw_datasample(no_text)
+    empty = drawer.draw_datasample(_sample(image, np.zeros((0, 20, 30), dtype=bool)),
+                                   draw_gt=False)
+    assert empty.size[0] == 30
+    both = drawer.draw_datasample(_sample(image, masks))
+    assert both.size[0] == 2 * 30 + 6  # prediction | ground truth
+
+
+def test_test_drawings_are_named_by_the_question_index_the_pipeline_carries(tmp_path):
+    """The MUSE test pipeline's own metainfo names the file, whatever order samples come in."""
+    from mmengine.registry import init_default_scope
+
+    from pixellm.datasets.synthetic import generate_muse_scenes
+    from pixellm.registry import DATASETS
+    from pixellm.utils import load_config
+    init_default_scope('pixellm')
+    generate_muse_scenes(str(tmp_path / 'data'), num_train=2, num_val=2, seed=1, min_size=64,
+                         max_size=96)
+    cfg = load_config(osp.join(REPO, 'configs', 'pixellm', 'pixellm_tiny_demo.py'))
+    cfg.test_dataloader.dataset.data_root = str(tmp_path / 'data')
+    dataset = DATASETS.build(cfg.test_dataloader.dataset)
+    samples = [dataset[i]['data_samples'] for i in range(len(dataset))]
+    assert any(s.metainfo['question_index'] > 0 for s in samples)
+    hook = PixelLMVisualizationHook(test_out_dir=str(tmp_path / 'vis'))
+    runner = _test_runner(tmp_path)
+    hook.before_test(runner)
+    expected = []
+    # Only later questions of each image, as one rank of a distributed test may see them.
+    for sample in [s for s in samples if s.metainfo['question_index'] > 0]:
+        h, w = sample.metainfo['ori_shape']
+        sample.set_metainfo(dict(pred_text='It is here.'))
+        sample.pred_instances = InstanceData(masks=torch.zeros(0, h, w, dtype=torch.bool))
+        hook.after_test_iter(runner, 0, None, [sample])
+        stem = osp.splitext(osp.basename(sample.metainfo['img_path']))[0]
+        expected.append(f'{stem}_q{sample.metainfo["question_index"]}.png')
+    assert sorted(p.name for p in (tmp_path / 'vis').iterdir()) == sorted(expected)

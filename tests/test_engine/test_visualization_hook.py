@@ -1,4 +1,4 @@
-"""PixelLMVisualizationHook: prediction | ground truth images through mmengine's visualizer."""
+"""PixelLMVisualizationHook in validation: prediction | ground truth through PixelLMVisualizer."""
 import copy
 import os
 import os.path as osp
@@ -34,7 +34,7 @@ def test_hook_writes_fixed_val_samples_with_prediction_and_truth(tmp_path):
     cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=2, val_interval=2)
     cfg.default_hooks.checkpoint.interval = 100
     cfg.custom_hooks = [dict(type='PixelLMVisualizationHook', interval=2, max_samples=2)]
-    cfg.visualizer = dict(type='Visualizer', vis_backends=[
+    cfg.visualizer = dict(type='PixelLMVisualizer', vis_backends=[
         dict(type='LocalVisBackend'), dict(type='TensorboardVisBackend')])
     runner = build_runner(cfg)
     runner.train()

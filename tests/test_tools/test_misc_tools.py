@@ -10,7 +10,7 @@ from PIL import Image
 
 from pixellm.datasets.synthetic.muse_scenes import generate_muse_scenes
 from pixellm.datasets.transforms.loading import decode_segmentation
-from pixellm.engine.hooks.mask_overlay_hook import mask_colors
+from pixellm.visualization import mask_colors
 from tools.misc import browse_dataset, print_config
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))

@@ -6,8 +6,10 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
+from pycocotools import mask as mask_utils
 
 from pixellm.datasets.synthetic import generate_muse_scenes
 from pixellm.engine import load_checkpoint_safely
@@ -51,8 +53,10 @@ def test_train_then_test_prints_both_metrics_and_writes_overlays(data_root, tmp_
     ckpt = work / 'iter_3.pth'
     assert open(work / 'last_checkpoint').read().strip() == str(ckpt)
     out_json, show = tmp_path / 'metrics.json', tmp_path / 'overlays'
+    dump = tmp_path / 'dump' / 'predictions.json'
     printed = run('tools/test.py', DEMO, str(ckpt), '--work-dir', str(work), '--out',
-                  str(out_json), '--show-dir', str(show), *overrides(data_root, 3))
+                  str(out_json), '--show-dir', str(show), '--dump', str(dump),
+                  *overrides(data_root, 3))
     giou = re.search(r'^gIoU: ([0-9.]+)$', printed, re.M)
     ciou = re.search(r'^cIoU: ([0-9.]+)$', printed, re.M)
     assert giou and ciou, printed[-2000:]
@@ -62,6 +66,36 @@ def test_train_then_test_prints_both_metrics_and_writes_overlays(data_root, tmp_
     num_questions = sum(len(r['questions']) for r in val)
     assert metrics['num_samples'] == num_questions
     assert len(list(show.glob('*.png'))) == num_questions
+    # The dump holds every question once, and its masks score what the metric printed.
+    items = json.load(open(dump))
+    records = {r['file_name']: r for r in val}
+    assert sorted((osp.basename(i['img_path']), i['question_index']) for i in items) == sorted(
+        (r['file_name'], q) for r in val for q in range(len(r['questions'])))
+    intersections, unions = [], []
+    for item in items:
+        record = records[osp.basename(item['img_path'])]
+        assert item['question'] == record['questions'][item['question_index']]
+        assert item['answer'].count('[') == len(item['targets'])
+        h, w = record['height'], record['width']
+        preds = [mask_utils.decode(dict(size=t['segmentation']['size'],
+                                        counts=t['segmentation']['counts'].encode()))
+                 for t in item['targets']]
+        assert all(p.shape == (h, w) for p in preds)
+        for k, ann in enumerate(record['answers'][item['question_index']]):
+            segm = ann['segmentation']
+            if isinstance(segm, list):  # polygons
+                rle = mask_utils.merge(mask_utils.frPyObjects(segm, h, w))
+            elif isinstance(segm['counts'], str):  # compressed RLE
+                rle = dict(size=segm['size'], counts=segm['counts'].encode())
+            else:  # uncompressed RLE
+                rle = mask_utils.frPyObjects(segm, h, w)
+            gt = mask_utils.decode(rle).astype(bool)
+            pred = preds[k].astype(bool) if k < len(preds) else np.zeros_like(gt)
+            intersections.append((gt & pred).sum())
+            unions.append((gt | pred).sum())
+    ious = [i / u if u else 1.0 for i, u in zip(intersections, unions)]
+    assert float(np.mean(ious)) == pytest.approx(float(giou.group(1)), abs=1e-4)
+    assert sum(intersections) / sum(unions) == pytest.approx(float(ciou.group(1)), abs=1e-4)
 
 
 def test_killed_and_resumed_training_ends_bit_equal(data_root, tmp_path):

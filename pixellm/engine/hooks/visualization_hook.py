@@ -1,65 +1,110 @@
-"""Validation overlays during training, through mmengine's visualizer (local files, TensorBoard)."""
+"""Draw predictions during validation (to the visualizer's backends) and test (to PNG files)."""
+import os
 import os.path as osp
-from typing import Any, Optional, Sequence
+from collections import defaultdict
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
+from mmengine.dist import get_rank, get_world_size
 from mmengine.hooks import Hook
-from PIL import Image
 
 from pixellm.registry import HOOKS
-from pixellm.visualization import render_mask_overlay, render_prediction
-
-from .mask_overlay_hook import MaskOverlayHook, codebook_tokens_of, require_metainfo
+from pixellm.visualization import PixelLMVisualizer
 
 
-def side_by_side(left: Image.Image, right: Image.Image, gap: int = 6) -> Image.Image:
-    """Two images next to each other on white, top-aligned."""
-    canvas = Image.new('RGB', (left.width + gap + right.width, max(left.height, right.height)),
-                       (255, 255, 255))
-    canvas.paste(left, (0, 0))
-    canvas.paste(right, (left.width + gap, 0))
-    return canvas
+def codebook_tokens_of(runner) -> tuple:
+    """The codebook token strings of the runner's model (unwrapped), or ``()`` if it has none."""
+    model = getattr(runner, 'model', None)
+    model = getattr(model, 'module', model)
+    codebook = getattr(model, 'codebook', None)
+    return tuple(getattr(codebook, 'tokens', ()))
 
 
 @HOOKS.register_module()
 class PixelLMVisualizationHook(Hook):
-    """Every ``interval`` validation iterations, draw prediction | ground truth of one sample.
+    """Draw predictions with :class:`~pixellm.visualization.PixelLMVisualizer`, in val and test.
 
-    At each validation run the hook takes the first sample of batches ``0, interval,
-    2 * interval, ...`` (at most ``max_samples``), so with the usual unshuffled validation sampler
-    the same samples are drawn at every validation and their progress can be followed. Each image
-    shows on the left the predicted masks with the question and the generated answer (targets
-    numbered, legend named as in ``tools/chat.py``) and on the right the ground-truth masks with
-    the reference answer. Images go through ``runner.visualizer.add_image`` under the name
-    ``val_<image stem>_q<k>`` at step ``runner.iter``: ``LocalVisBackend`` writes
-    ``<log_dir>/vis_data/vis_image/<name>_<step>.png``, ``TensorboardVisBackend`` the event file.
+    - **Validation**: at each validation run, the first sample of batches ``0, interval,
+      2 * interval, ...`` (at most ``max_samples``), prediction | ground truth, goes to the
+      runner's visualizer as ``val_<image stem>_q<k>`` at step ``runner.iter``
+      (``LocalVisBackend``: ``<log_dir>/vis_data/vis_image/<name>_<step>.png``;
+      ``TensorboardVisBackend``: the event file). With the usual unshuffled validation sampler the
+      same samples are drawn every time, so their progress can be followed.
+    - **Test** (only when ``test_out_dir`` is set; ``tools/test.py --show-dir DIR`` sets it):
+      every sample of every ``test_interval``-th batch (at most ``max_test_samples``) is written
+      to ``test_out_dir/<image stem>_q<k>.png``, the prediction alone or, with
+      ``draw_gt_in_test``, beside the ground truth.
+
+    ``k`` is the metainfo ``question_index`` the test pipelines carry, so names are stable across
+    ranks; a sample without it gets the count of questions already drawn for its image (with
+    ``_rank<r>`` appended in distributed runs, where ranks count separately).
+
+    The drawing goes through the runner's visualizer when it is a ``PixelLMVisualizer`` (the
+    recipes' ``default_runtime.py``), else through one the hook makes, whose images still reach
+    the runner's visualizer backends in validation.
 
     Args:
-        interval (int): Visualise every ``interval``-th validation batch. Defaults to 50.
-        max_samples (int): Images per validation run. Defaults to 4.
-        alpha (float): Weight of the mask colour. Defaults to 0.5.
+        interval (int): Validation: draw every ``interval``-th batch. Defaults to 50.
+        max_samples (int): Validation images per validation run. Defaults to 4.
+        test_out_dir (str, optional): Test: folder of the PNGs; relative paths are under the
+            run's ``log_dir``. ``None`` draws nothing in test. Defaults to None.
+        test_interval (int): Test: draw every ``test_interval``-th batch. Defaults to 1.
+        max_test_samples (int, optional): Test: stop after this many images. Defaults to None.
+        draw_gt_in_test (bool): Test: draw the ground truth beside the prediction. Defaults to
+            False.
+        alpha (float): Weight of the mask colour, for a visualizer the hook makes. Defaults to
+            0.5.
     """
 
     priority = 'LOW'
 
-    def __init__(self, interval: int = 50, max_samples: int = 4, alpha: float = 0.5) -> None:
-        if interval < 1:
-            raise ValueError(f'PixelLMVisualizationHook: interval must be >= 1, got {interval}')
-        if max_samples < 1:
-            raise ValueError(f'PixelLMVisualizationHook: max_samples must be >= 1, got '
-                             f'{max_samples}')
+    def __init__(self, interval: int = 50, max_samples: int = 4,
+                 test_out_dir: Optional[str] = None, test_interval: int = 1,
+                 max_test_samples: Optional[int] = None, draw_gt_in_test: bool = False,
+                 alpha: float = 0.5) -> None:
+        for key, value in (('interval', interval), ('max_samples', max_samples),
+                           ('test_interval', test_interval)):
+            if value < 1:
+                raise ValueError(f'PixelLMVisualizationHook: {key} must be >= 1, got {value}')
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f'PixelLMVisualizationHook: alpha must be in [0, 1], got {alpha}')
         self.interval = interval
         self.max_samples = max_samples
+        self.test_out_dir = test_out_dir
+        self.test_interval = test_interval
+        self.max_test_samples = max_test_samples
+        self.draw_gt_in_test = draw_gt_in_test
         self.alpha = alpha
         self.num_drawn = 0
-        self.codebook_tokens: tuple = ()
+        self.num_written = 0
+        self._question_counts: Dict[str, int] = defaultdict(int)
+        self._visualizer: Optional[PixelLMVisualizer] = None
+
+    def _drawer(self, runner) -> PixelLMVisualizer:
+        """The visualizer that draws, with the model's codebook tokens."""
+        visualizer = getattr(runner, 'visualizer', None)
+        if not isinstance(visualizer, PixelLMVisualizer):
+            if self._visualizer is None:
+                self._visualizer = PixelLMVisualizer(name=f'pixellm_visualization_{id(self)}',
+                                                     alpha=self.alpha)
+            visualizer = self._visualizer
+        visualizer.codebook_tokens = codebook_tokens_of(runner)
+        return visualizer
+
+    def sample_name(self, sample: Any) -> str:
+        """``<image stem>_q<k>`` of a data sample (see the class docstring)."""
+        meta = sample.metainfo
+        stem = osp.splitext(osp.basename(str(meta.get('img_path', 'sample'))))[0]
+        if meta.get('question_index') is not None:
+            return f'{stem}_q{int(meta["question_index"])}'
+        name = f'{stem}_q{self._question_counts[stem]}'
+        self._question_counts[stem] += 1
+        # Ranks count independently; questions of one image may be split across them.
+        return name + (f'_rank{get_rank()}' if get_world_size() > 1 else '')
 
     def before_val(self, runner) -> None:
-        """Reset the per-validation count and read the codebook tokens."""
+        """Reset the per-validation count."""
         self.num_drawn = 0
-        self.codebook_tokens = codebook_tokens_of(runner)
 
     def after_val_iter(self, runner, batch_idx: int, data_batch: Any = None,
                        outputs: Optional[Sequence] = None) -> None:
@@ -74,38 +119,39 @@ class PixelLMVisualizationHook(Hook):
         if not outputs or batch_idx % self.interval or self.num_drawn >= self.max_samples:
             return
         sample = outputs[0]
-        image = self.draw(sample)
-        meta = sample.metainfo
-        stem = osp.splitext(osp.basename(str(meta.get('img_path', 'sample'))))[0]
-        name = f'val_{stem}_q{int(meta.get("question_index", meta.get("question_idx", 0)))}'
-        runner.visualizer.add_image(name, np.asarray(image), step=runner.iter)
+        drawn = self._drawer(runner).draw_datasample(sample)
+        runner.visualizer.add_image(f'val_{self.sample_name(sample)}', np.asarray(drawn),
+                                    step=runner.iter)
         self.num_drawn += 1
 
-    def draw(self, sample: Any) -> Image.Image:
-        """Prediction (left) and ground truth (right) of one data sample.
+    def before_test(self, runner) -> None:
+        """Resolve the output folder and reset the counters."""
+        self.num_written = 0
+        self._question_counts = defaultdict(int)
+        if self.test_out_dir is not None:
+            if not osp.isabs(self.test_out_dir):
+                self.test_out_dir = osp.join(runner.log_dir, self.test_out_dir)
+            os.makedirs(self.test_out_dir, exist_ok=True)
+
+    def after_test_iter(self, runner, batch_idx: int, data_batch: Any = None,
+                        outputs: Optional[Sequence] = None) -> None:
+        """Write a PNG per sample of every ``test_interval``-th batch (with ``test_out_dir``).
 
         Args:
-            sample (PixelLMDataSample): A prediction with ``img_path``, ``question``,
-                ``pred_text`` and ``answer`` metainfo, ``pred_instances.masks`` and
-                ``gt_instances.masks`` at the image's resolution.
-
-        Returns:
-            PIL.Image.Image: The two overlays side by side.
+            runner (Runner): The runner.
+            batch_idx (int): Index of the batch in the test loop.
+            data_batch (Any): The batch (unused).
+            outputs (Sequence[PixelLMDataSample]): The predictions.
         """
-        meta = require_metainfo(sample, ('img_path', 'question', 'pred_text'),
-                                'PixelLMVisualizationHook')
-        image = Image.open(meta['img_path'])
-        pred = MaskOverlayHook._masks(sample)
-        if pred.size == 0:
-            pred = np.zeros((0, image.height, image.width), dtype=bool)
-        left = render_prediction(image, pred, f'{meta["question"]} (prediction)',
-                                 str(meta['pred_text']), self.codebook_tokens, alpha=self.alpha)
-        gt = sample.get('gt_instances')
-        gt_masks = np.zeros((0, image.height, image.width), dtype=bool)
-        if gt is not None and gt.get('masks') is not None:
-            gt_masks = np.asarray(gt.masks.cpu() if hasattr(gt.masks, 'cpu') else gt.masks,
-                                  dtype=bool).reshape(-1, image.height, image.width)
-        answer = str(meta.get('answer', '')).replace('{seg}', '[*]')
-        right = render_mask_overlay(image, gt_masks, f'{meta["question"]} (ground truth)',
-                                    answer, alpha=self.alpha)
-        return side_by_side(left, right)
+        if self.test_out_dir is None or not outputs or \
+                not self.every_n_inner_iters(batch_idx, self.test_interval):
+            return
+        visualizer = self._drawer(runner)
+        for sample in outputs:
+            if self.max_test_samples is not None and self.num_written >= self.max_test_samples:
+                return
+            out_file = osp.join(self.test_out_dir, f'{self.sample_name(sample)}.png')
+            visualizer.add_datasample(out_file, None, sample, draw_gt=self.draw_gt_in_test,
+                                      out_file=out_file)
+            self.num_written += 1
+

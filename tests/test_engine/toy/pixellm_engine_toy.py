@@ -29,7 +29,7 @@ class EngineToyModel(BaseModel):
         dropout (float): Dropout probability. Defaults to 0.5.
         overlay_image (str, optional): If set, ``predict`` returns ``PixelLMDataSample``s on
             this image (one mask: the left part, wider for larger predictions), as PixelLM's
-            predictions reach ``MaskOverlayHook``. Defaults to None.
+            predictions reach ``PixelLMVisualizationHook``. Defaults to None.
         data_preprocessor (dict, optional): mmengine data preprocessor config.
     """
 
