@@ -11,7 +11,7 @@ import json
 import os
 import os.path as osp
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -151,9 +151,16 @@ class InferenceResult:
 
 
 def _pipeline_settings(cfg: Config) -> Dict[str, Any]:
-    """Chat template and resize settings of the config's test (else train) pipeline."""
+    """Chat template, question wording and resize settings of the test (else train) pipeline.
+
+    ``user_prompt`` is the ``user_prompt`` method of the pipeline's conversation step
+    (``BuildMuseConversation``, ``BuildReferConversation``), or ``None`` when the pipeline asks
+    questions as they are.
+    """
     from pixellm.engine.runner_utils import type_name
-    settings = dict(template='vicuna_v1', use_im_start_end=False, interpolation='bilinear')
+    from pixellm.registry import TRANSFORMS
+    settings = dict(template='vicuna_v1', use_im_start_end=False, interpolation='bilinear',
+                    user_prompt=None)
     for loader in ('test_dataloader', 'val_dataloader', 'train_dataloader'):
         dataset = (cfg.get(loader) or {}).get('dataset') or {}
         pipeline = dataset.get('pipeline') if isinstance(dataset, dict) else None
@@ -166,6 +173,11 @@ def _pipeline_settings(cfg: Config) -> Dict[str, Any]:
                 settings['use_im_start_end'] = step.get('use_im_start_end', False)
             elif name == 'ResizeLongestSide':
                 settings['interpolation'] = step.get('interpolation', 'bilinear')
+            elif 'Conversation' in name and settings['user_prompt'] is None:
+                cls = TRANSFORMS.get(step['type']) if isinstance(step['type'], str) \
+                    else step['type']
+                if cls is not None and hasattr(cls, 'user_prompt'):
+                    settings['user_prompt'] = TRANSFORMS.build(dict(step)).user_prompt
         return settings
     return settings
 
@@ -295,15 +307,21 @@ def load_image(image: ImageInput) -> Tuple[np.ndarray, str]:
     return np.ascontiguousarray(array[..., :3]).astype(np.uint8), ''
 
 
-def build_conversation(question: str, history: Optional[History] = None) -> List[Dict[str, str]]:
+def build_conversation(question: str, history: Optional[History] = None,
+                       user_prompt: Optional[Callable[[str], str]] = None
+                       ) -> List[Dict[str, str]]:
     """The neutral conversation for a question (and earlier turns), ending with the question.
 
-    The image placeholder opens the first user turn, as the seed's chat writes it
-    (``'<image>\\n' + question``), unless the first question already holds it.
+    Each question is put in ``user_prompt``'s wording (the test pipeline's, so the model is asked
+    as the evaluation asked it), and the image placeholder opens the first user turn
+    (``'<image>\\n' + prompt``). A first question that holds the placeholder itself is used as
+    written.
 
     Args:
         question (str): The new question.
         history (Sequence[tuple[str, str]], optional): Earlier ``(question, raw answer)`` turns.
+        user_prompt (Callable[[str], str], optional): Puts a question in the test pipeline's
+            wording (``BuildMuseConversation.user_prompt``); ``None`` asks it as it is.
 
     Returns:
         list[dict]: ``dict(role, content)`` messages ending with the user's question.
@@ -324,8 +342,10 @@ def build_conversation(question: str, history: Optional[History] = None) -> List
                 'once, in the first question only (it is added there when absent)')
     messages = []
     for i, (q, a) in enumerate(turns):
-        if i == 0 and DEFAULT_IMAGE_TOKEN not in q:
-            q = f'{DEFAULT_IMAGE_TOKEN}\n{q}'
+        if DEFAULT_IMAGE_TOKEN not in q:
+            q = user_prompt(q) if user_prompt is not None else q
+            if i == 0:
+                q = f'{DEFAULT_IMAGE_TOKEN}\n{q}'
         messages.append(dict(role='user', content=q))
         if a is not None:
             messages.append(dict(role='assistant', content=a))
@@ -359,8 +379,8 @@ def inference(model: torch.nn.Module, image: ImageInput, question: str,
     if settings['template'] not in CHAT_TEMPLATES:
         raise ValueError(f'chat template {settings["template"]!r} is not registered')
     img, img_path = load_image(image)
-    messages = build_conversation(question, history)
-    shown_question = messages[-1]['content'].replace(f'{DEFAULT_IMAGE_TOKEN}\n', '')
+    messages = build_conversation(question, history, settings.get('user_prompt'))
+    shown_question = question.replace(DEFAULT_IMAGE_TOKEN, '').strip()
     results = dict(img=img, img_path=img_path or '<array>', ori_shape=img.shape[:2],
                    img_shape=img.shape[:2], question=shown_question, answer='',
                    conversation=messages, num_targets=0)

@@ -1,4 +1,5 @@
 """pixellm.apis: the prediction of tools/test.py, multi-turn prompts, saved files, bad input."""
+import importlib.util
 import json
 import os.path as osp
 import subprocess
@@ -14,7 +15,6 @@ from pycocotools import mask as mask_utils
 
 from pixellm.apis import InferenceInputError, build_conversation, inference, init_model
 from pixellm.datasets.chat_templates import encode_prompt
-from pixellm.datasets.transforms.conversation import LONG_QUESTION_TEMPLATES
 from pixellm.models.export import CheckpointMismatchError
 from pixellm.registry import DATASETS
 from pixellm.utils.constants import IGNORE_INDEX
@@ -45,9 +45,9 @@ def test_inference_gives_the_prediction_of_tools_test(trained_tiny, model, tmp_p
     assert proc.returncode == 0, proc.stderr[-3000:]
     compared = targets = 0
     for path, index, question in val_questions(trained_tiny['data_root']):
-        # The test pipeline asks with the first official question template.
-        asked = LONG_QUESTION_TEMPLATES[0].format(sent=question)
-        result = inference(model, path, asked)
+        # Asked as a user asks it: inference puts it in the test pipeline's wording.
+        result = inference(model, path, question)
+        assert result.question == question
         stem = osp.splitext(osp.basename(path))[0]
         written = np.asarray(Image.open(show / f'{stem}_q{index}.png').convert('RGB'))
         # Same renderer, same question text: equal pixels mean equal masks and answer text.
@@ -59,6 +59,14 @@ def test_inference_gives_the_prediction_of_tools_test(trained_tiny, model, tmp_p
         compared += 1
         targets += result.num_targets
     assert compared == 15
+    # The web demo's examples (each record's first question, asked through inference) are
+    # among the questions compared.
+    spec = importlib.util.spec_from_file_location('web_demo_app', osp.join(REPO, 'demo', 'app.py'))
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    examples = app.muse_examples(osp.join(trained_tiny['data_root'], 'muse_val.json'), 100)
+    assert examples and set(examples) <= {
+        (path, question) for path, _, question in val_questions(trained_tiny['data_root'])}
     assert targets > 0  # the trained model does write targets, so masks were compared
 
 
@@ -217,3 +225,24 @@ def test_4bit_and_8bit_loading_need_an_exported_folder(trained_tiny):
         bitsandbytes_load_kwargs('3bit', 'some/llm', None)
     with pytest.raises(ValueError, match='random weights'):
         bitsandbytes_load_kwargs('4bit', None, None)
+
+
+def test_questions_are_asked_in_the_test_pipelines_wording():
+    from pixellm.apis.inference import _pipeline_settings
+    from pixellm.datasets.transforms.conversation import LONG_QUESTION_TEMPLATES
+    from pixellm.datasets.transforms.refer_conversation import TEST_LONG_QUESTION
+    from pixellm.utils import load_config
+    muse = _pipeline_settings(load_config(osp.join(REPO, 'configs', 'pixellm',
+                                                   'pixellm_tiny_demo.py')))
+    assert muse['user_prompt']('Where is it?') == LONG_QUESTION_TEMPLATES[0].format(
+        sent='Where is it?')
+    reason = _pipeline_settings(load_config(osp.join(REPO, 'configs', 'pixellm',
+                                                     'pixellm_7b_eval_reasonseg.py')))
+    assert reason['user_prompt']('Why?') == ' ' + TEST_LONG_QUESTION.format(sent='Why?')
+    turns = build_conversation('And this?', history=[('What?', 'It.')],
+                               user_prompt=muse['user_prompt'])
+    assert turns[0]['content'] == '<image>\n' + muse['user_prompt']('What?')
+    assert turns[2]['content'] == muse['user_prompt']('And this?')
+    # A question that places the image itself is used as written.
+    assert build_conversation('<image>\nWhat?', user_prompt=muse['user_prompt'])[0][
+        'content'] == '<image>\nWhat?'

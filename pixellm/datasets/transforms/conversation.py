@@ -169,6 +169,20 @@ class BuildMuseConversation(BaseTransform):
             return rephrased
         return inst['category_name']
 
+    def user_prompt(self, question: str) -> str:
+        """The user turn this step writes for ``question`` in evaluation (image placeholder aside).
+
+        :mod:`pixellm.apis` (and so ``tools/chat.py`` and the web demo) asks a user's question in
+        this form, so it gets the answer the test metrics measured.
+
+        Args:
+            question (str): The question as the user wrote it.
+
+        Returns:
+            str: The first question template filled with it.
+        """
+        return self.question_templates[0].format(sent=question)
+
     def transform(self, results: dict) -> dict:
         """Write the conversation.
 

@@ -296,6 +296,21 @@ class BuildReferConversation(BaseTransform):
             return self._choice(self.long_templates).format(sent=text)
         return self._choice(self.short_templates).format(class_name=text.lower())
 
+    def user_prompt(self, question: str) -> str:
+        """The user turn the test pipeline writes for a full-sentence ``question``.
+
+        :mod:`pixellm.apis` (and so ``tools/chat.py`` and the web demo) asks a user's question in
+        this form: the official validation's ReasonSeg wording (``' {sent} Please output
+        segmentation mask.'``), whatever ``deterministic`` is.
+
+        Args:
+            question (str): The question as the user wrote it.
+
+        Returns:
+            str: The question in the validation template.
+        """
+        return ' ' + TEST_LONG_QUESTION.format(sent=question)
+
     def _answer(self, phrases: Sequence[str], groups: Sequence[Sequence[dict]]) -> str:
         counts = [len(group) for group in groups]
         total = sum(counts)
