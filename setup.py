@@ -26,7 +26,12 @@ setup(
     license='Apache-2.0',
     packages=find_packages(include=['pixellm', 'pixellm.*']),
     include_package_data=True,
-    package_data={'pixellm': ['models/tokenizers/assets/*.json', 'datasets/metainfo/*']},
+    # The shipped configs (``configs/`` links to ``pixellm/configs``) travel with the package, so
+    # ``--deepspeed zero2`` and a plugin's ``from pixellm.configs... import *`` work after
+    # ``pip install .``.
+    package_data={'pixellm': ['models/tokenizers/assets/*.json', 'datasets/metainfo/*',
+                              'configs/*/*.py', 'configs/*/*/*.py', 'configs/*/*.json',
+                              'configs/*/*.md']},
     python_requires='>=3.9',
     install_requires=read_requirements('runtime.txt'),
     extras_require={'tests': read_requirements('tests.txt'), 'web': read_requirements('web.txt')},

@@ -402,8 +402,9 @@ def format_metrics(metrics: Dict[str, Any], title: str = 'Test metrics') -> str:
 # ------------------------------------------------------------------------------------------------
 # Distributed launches: DeepSpeed (``--deepspeed``) and CPU-only process groups.
 
-DEEPSPEED_CONFIG_DIR = osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))),
-                                'configs', 'deepspeed')
+# Shipped inside the package (pixellm/configs/deepspeed), so a non-editable install has them.
+DEEPSPEED_CONFIG_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs',
+                                'deepspeed')
 AUTO = 'auto'
 # optim_wrapper keys that become DeepSpeed settings; DeepSpeedOptimWrapper takes only `optimizer`.
 _DEEPSPEED_FOLDED_KEYS = ('type', 'accumulative_counts', 'clip_grad', 'dtype', 'loss_scale')

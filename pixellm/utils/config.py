@@ -24,17 +24,27 @@ Facts about ``mmengine.Config.fromfile`` in mmengine 0.10.7 (checked by experime
   derived values use plain expressions (arithmetic, f-strings, comprehensions, ``dict.update``),
   which work in lazy configs, and classes imported for ``type=`` (``from torch.optim import
   AdamW``) work because they are only referenced, never called.
+* A lazy config may inherit an installed package's config by an absolute import, ``with
+  read_base(): from pixellm.configs.pixellm.pixellm_tiny_demo import *``. mmengine finds its file
+  with ``mmengine.config.config.get_installed_path``, which needs ``pkg_resources`` (gone from
+  current setuptools) and, for an editable install, names a folder that does not exist. While
+  :func:`load_config` parses a file it resolves a package that Python can import to the folder
+  Python imports it from (:func:`package_folders`); other packages go to mmengine as before.
+  A plain config (``_base_ = [...]``) cannot inherit a lazy one (mmengine refuses to mix the two
+  styles), so a plugin's config that starts from a shipped one is a lazy config.
 * A plain config (``_base_ = [...]``, no imports) is not lazy; mmengine imports its
   ``custom_imports`` inside ``fromfile`` with the ``sys.path`` of the moment, so a plugin next to
   the config is not found unless ``PYTHONPATH`` is set. :func:`load_config` puts the config's
   directory and its project root on ``sys.path`` first and imports the plugins itself.
 """
+import contextlib
 import errno
+import importlib.util
 import os
 import os.path as osp
 import sys
 import traceback
-from typing import List, Optional, Sequence, Union
+from typing import Iterator, List, Optional, Sequence, Union
 
 from mmengine.config import Config
 from mmengine.config.utils import ConfigParsingError
@@ -157,6 +167,34 @@ def _lazy_call_error(config_path: str, err: RuntimeError) -> Optional[ConfigLoad
         'string concatenation) or do the call in code; see pixellm/utils/config.py.')
 
 
+@contextlib.contextmanager
+def package_folders() -> Iterator[None]:
+    """Let mmengine find an importable package's configs while the block runs.
+
+    Replaces ``mmengine.config.config.get_installed_path`` (the function mmengine 0.10.7 calls for
+    an absolute ``read_base`` import) by one that returns the folder Python imports the package
+    from, falling back to mmengine's for a package Python cannot find. The original is put back
+    when the block ends.
+
+    Yields:
+        None
+    """
+    from mmengine.config import config as mmengine_config
+    original = mmengine_config.get_installed_path
+
+    def installed_path(package: str) -> str:
+        spec = importlib.util.find_spec(package)
+        if spec is not None and spec.submodule_search_locations:
+            return list(spec.submodule_search_locations)[0]
+        return original(package)
+
+    mmengine_config.get_installed_path = installed_path
+    try:
+        yield
+    finally:
+        mmengine_config.get_installed_path = original
+
+
 def load_config(path: Union[str, os.PathLike], cfg_options: Optional[dict] = None,
                 import_plugins: bool = True) -> Config:
     """Load a config file, merge overrides and import its ``custom_imports`` plugins.
@@ -186,7 +224,8 @@ def load_config(path: Union[str, os.PathLike], cfg_options: Optional[dict] = Non
     add_import_paths(config_import_paths(path))
     try:
         # Plugins are imported below for both config kinds, with one error message.
-        cfg = Config.fromfile(path, import_custom_modules=False)
+        with package_folders():
+            cfg = Config.fromfile(path, import_custom_modules=False)
     except SyntaxError as err:
         where = '' if path in str(err) else f'{path}: '
         raise ConfigLoadError(f'{where}invalid Python syntax: {err}') from err

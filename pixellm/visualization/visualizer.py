@@ -1,4 +1,4 @@
-"""The visualizer of PixelLM predictions, as mmseg's ``SegLocalVisualizer`` is for segmentation maps."""
+"""The visualizer of PixelLM predictions, as mmseg's ``SegLocalVisualizer`` is for seg maps."""
 from typing import Any, Optional, Sequence
 
 import numpy as np

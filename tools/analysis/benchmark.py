@@ -681,7 +681,6 @@ def parse_args(argv=None):
 def main(argv=None) -> Dict:
     """Run the benchmark; return (and optionally write) the result dict."""
     args = parse_args(argv)
-    from mmengine.config import Config
     from mmengine.registry import init_default_scope
     init_default_scope('pixellm')
     import pixellm.models  # noqa: F401
@@ -693,9 +692,8 @@ def main(argv=None) -> Dict:
         raise RuntimeError('--device cuda but torch sees no CUDA device')
     dtype_name = args.dtype or ('bf16' if device == 'cuda' else 'fp32')
     dtype = dict(bf16=torch.bfloat16, fp32=torch.float32)[dtype_name]
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
+    from pixellm.utils import load_config
+    cfg = load_config(args.config, cfg_options=args.cfg_options)
     peak_size = args.peak_size or (8192 if device == 'cuda' else 2048)
     peak = measure_peak_tflops(device, dtype, peak_size)
     print(f'measured matmul peak: {peak:.3f} TFLOP/s ({dtype_name}, {peak_size}^3, {device})')

@@ -5,7 +5,7 @@ Usage: python tools/analysis/count_params.py configs/_base_/models/pixellm_7b.py
 import argparse
 from collections import OrderedDict
 
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 from mmengine.registry import init_default_scope
 
 
@@ -14,9 +14,8 @@ def main():
     parser.add_argument('config')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default=None)
     args = parser.parse_args()
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
+    from pixellm.utils import load_config
+    cfg = load_config(args.config, cfg_options=args.cfg_options)
     init_default_scope('pixellm')
     import pixellm.models  # noqa: F401
     from pixellm.models.meta_build import build_on_meta, count_parameters

@@ -68,12 +68,12 @@ def main():
     parser.add_argument('config')
     parser.add_argument('--out', help='write the results as json here')
     args = parser.parse_args()
-    from mmengine.config import Config
     from mmengine.registry import init_default_scope
     init_default_scope('pixellm')
     import pixellm.datasets  # noqa: F401
     import pixellm.evaluation  # noqa: F401
-    cfg = Config.fromfile(args.config)
+    from pixellm.utils import load_config
+    cfg = load_config(args.config)
     results = evaluate_baselines(cfg.test_dataloader.dataset, cfg.get('test_evaluator'))
     for name, res in results.items():
         scores = [f'{key} {res[key]:.4f}' for key in res if key.split('/')[-1] in ('gIoU', 'cIoU')]

@@ -1,4 +1,4 @@
-"""Write every test prediction to a json file: question, generated answer, one RLE mask per target."""
+"""Write every test prediction to json: question, generated answer, one RLE mask per target."""
 import json
 import os
 import os.path as osp
