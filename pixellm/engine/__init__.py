@@ -1,16 +1,17 @@
 """Training/testing machinery on mmengine: safe checkpoint loading, atomic saves, exact resume.
 
-Importing this package replaces the local-file loader of mmengine's ``CheckpointLoader`` with
-:func:`load_checkpoint_safely` (see :mod:`pixellm.engine.checkpoint`). It also lets mmengine's
-``DeepSpeedStrategy`` build with current DeepSpeed (see :mod:`pixellm.engine.deepspeed_compat`).
+Importing this package changes nothing in mmengine. :func:`build_runner` (used by every tool)
+first calls :func:`install_mmengine_fixes` (see :mod:`pixellm.engine.mmengine_fixes`): safe
+checkpoint loading for ``load_from``/``--resume``, DeepSpeed with current releases, the FSDP wrap
+policy by name. Code that builds mmengine's ``Runner`` itself calls it first.
 """
 from .checkpoint import (AtomicLocalBackend, BadCheckpointError, UntrustedCheckpointError,
                          allow_checkpoint_globals, atomic_write_bytes, atomic_write_text,
-                         check_checkpoint_file, checkpoint_trust_enabled,
-                         install_safe_checkpoint_loader, load_checkpoint_safely,
+                         check_checkpoint_file, checkpoint_trust_enabled, load_checkpoint_safely,
                          mmengine_checkpoint_globals, save_checkpoint_atomic, set_checkpoint_trust,
                          trusted_checkpoints)
-from .deepspeed_compat import register_available_deepspeed_optimizers
+from .mmengine_fixes import (install_mmengine_fixes, install_safe_checkpoint_loader,
+                             register_available_deepspeed_optimizers)
 from .hooks import (AtomicCheckpointHook, GradDigestHook, PixelLMVisualizationHook, RNGStateHook,
                     capture_rng_state, restore_rng_state)
 from .runner_utils import (add_common_arguments, apply_amp, apply_deepspeed, apply_resume,
@@ -25,8 +26,8 @@ __all__ = [
     'apply_resume', 'apply_seed', 'apply_work_dir', 'atomic_write_bytes', 'atomic_write_text',
     'build_runner', 'capture_rng_state', 'check_checkpoint_file', 'check_data_or_exit',
     'checkpoint_trust_enabled', 'enable_resume_safety', 'format_metrics',
-    'install_safe_checkpoint_loader', 'load_checkpoint_safely', 'load_tool_config',
-    'mmengine_checkpoint_globals', 'prepare_cpu_distributed',
+    'install_mmengine_fixes', 'install_safe_checkpoint_loader', 'load_checkpoint_safely',
+    'load_tool_config', 'mmengine_checkpoint_globals', 'prepare_cpu_distributed',
     'register_available_deepspeed_optimizers', 'restore_rng_state',
     'save_checkpoint_atomic', 'set_checkpoint_trust', 'set_show_dir', 'trusted_checkpoints'
 ]

@@ -23,12 +23,11 @@ Facts about mmengine 0.10.7 under torch >= 2.6 that this module works around:
 * ``OneCycleParamScheduler`` keeps a bound method in its state, which pickles the scheduler object
   itself; such checkpoints are refused and need ``trusted=True`` (or ``--trust-checkpoint``).
 
-:func:`install_safe_checkpoint_loader` replaces the ``''`` (local file) scheme of mmengine's
-``CheckpointLoader`` with :func:`load_checkpoint_safely`. It runs once when this module is imported,
-which happens on ``import pixellm.engine`` (and so through ``register_all_modules`` and the
-``pixellm`` hook registry's lazy location). That is the only place mmengine is patched for loading;
-``http(s)://``, ``torchvision://`` and ``open-mmlab://`` keep mmengine's loaders, whose pretrained
-weights are plain state dicts that ``weights_only=True`` accepts.
+:func:`pixellm.engine.mmengine_fixes.install_safe_checkpoint_loader` (installed by every tool's
+``build_runner``) makes the ``''`` (local file) scheme of mmengine's ``CheckpointLoader`` this
+module's :func:`load_checkpoint_safely`; ``http(s)://``, ``torchvision://`` and ``open-mmlab://``
+keep mmengine's loaders, whose pretrained weights are plain state dicts that ``weights_only=True``
+accepts.
 
 Writes: mmengine's ``LocalBackend.put`` opens the final checkpoint path with ``'wb'`` and writes
 into it, and ``CheckpointHook`` writes ``last_checkpoint`` the same way, so a kill during either
@@ -52,7 +51,6 @@ import numpy as np
 import torch
 from mmengine.fileio import LocalBackend, register_backend
 from mmengine.logging import HistoryBuffer
-from mmengine.runner.checkpoint import CheckpointLoader
 
 ATOMIC_BACKEND_NAME = 'pixellm_atomic_local'
 # Prefix of the temporary files that atomic writes leave behind only if the process is killed.
@@ -439,14 +437,6 @@ def _load_from_local(filename: str, map_location: MapLocation = None) -> Any:
 _load_from_local.__name__ = 'load_from_local_safely'
 
 
-def install_safe_checkpoint_loader() -> None:
-    """Make mmengine read local checkpoints through :func:`load_checkpoint_safely`.
-
-    Replaces the ``''`` scheme of ``mmengine.runner.CheckpointLoader``; idempotent.
-    """
-    CheckpointLoader.register_scheme(prefixes='', loader=_load_from_local, force=True)
-
-
 def _fsync_dir(dirname: str) -> None:
     # Makes the rename itself durable; directories cannot be opened for fsync on Windows.
     if os.name != 'posix':
@@ -558,6 +548,3 @@ class AtomicLocalBackend(LocalBackend):
             encoding (str): Text encoding. Defaults to ``'utf-8'``.
         """
         atomic_write_text(obj, filepath, encoding=encoding)
-
-
-install_safe_checkpoint_loader()

@@ -26,6 +26,7 @@ from pixellm.registry import RUNNERS
 from pixellm.utils import load_config, register_all_modules
 from pixellm.utils.cli import add_debug_argument
 from .checkpoint import set_checkpoint_trust
+from .mmengine_fixes import install_mmengine_fixes
 
 CHECKPOINT_HOOK = 'pixellm.AtomicCheckpointHook'
 RNG_HOOK = 'pixellm.RNGStateHook'
@@ -319,6 +320,7 @@ def build_runner(cfg: Config, records_in_log_dir: bool = False) -> Runner:
     Returns:
         Runner: The runner.
     """
+    install_mmengine_fixes()
     for note in prepare_cpu_distributed(cfg) + drop_unavailable_vis_backends(cfg):
         print_log(f'build_runner: {note}', logger='current')
     if not records_in_log_dir:
@@ -651,13 +653,6 @@ def layer_wrap_policy(module: torch.nn.Module, recurse: bool, nonwrapped_numel: 
     return True if recurse else type(module).__name__ in tuple(layer_classes)
 
 
-def _register_wrap_policy() -> None:
-    from mmengine.registry import FUNCTIONS
-    if FUNCTIONS.get(FSDP_WRAP_POLICY) is None:
-        FUNCTIONS.register_module(name=FSDP_WRAP_POLICY, module=layer_wrap_policy)
-
-
-_register_wrap_policy()
 
 
 def apply_fsdp(cfg: Config) -> List[str]:

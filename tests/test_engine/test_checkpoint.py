@@ -15,11 +15,14 @@ from mmengine.runner.checkpoint import CheckpointLoader
 
 import pixellm.engine.checkpoint as ckpt_mod
 from pixellm.engine import (AtomicCheckpointHook, UntrustedCheckpointError,
-                            allow_checkpoint_globals, atomic_write_bytes, load_checkpoint_safely,
-                            save_checkpoint_atomic, trusted_checkpoints)
+                            allow_checkpoint_globals, atomic_write_bytes, install_mmengine_fixes,
+                            load_checkpoint_safely, save_checkpoint_atomic, trusted_checkpoints)
 
 sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), 'toy'))
 from toy_runner import toy_cfg  # noqa: E402
+
+# These tests build mmengine's Runner directly, so they install what build_runner installs.
+install_mmengine_fixes()
 
 SIDE_EFFECTS = []
 

@@ -155,6 +155,9 @@ def test_train_without_launcher_exits_pointing_to_dist_train(tmp_path):
 def test_deepspeed_strategy_registers_only_optimizers_deepspeed_still_has(tmp_path):
     from mmengine._strategy import deepspeed as mmengine_deepspeed
     from mmengine.registry import OPTIMIZERS
+
+    from pixellm.engine import install_mmengine_fixes
+    install_mmengine_fixes()
     # mmengine 0.10.7 also imports 1-bit Adam, which DeepSpeed 0.19 no longer has.
     assert mmengine_deepspeed.register_deepspeed_optimizers is \
         register_available_deepspeed_optimizers
