@@ -163,3 +163,29 @@ def test_backward_is_bit_reproducible_with_many_targets_per_image():
         torch.set_num_threads(threads)
     for other in grads[1:]:
         assert all(torch.equal(a, b) for a, b in zip(grads[0], other))
+
+
+def test_base_decoder_states_the_interface_and_a_plugin_uses_every_weight():
+    import importlib
+
+    import pytest
+
+    from pixellm.models.pixel_decoders import BasePixelDecoder
+    with pytest.raises(TypeError, match='abstract'):
+        BasePixelDecoder(in_channels=8, feat_channels=8, grid_size=4, input_size=16)
+    plugin = importlib.import_module('plugins.dot_product_decoder')
+    dec = plugin.DotProductPixelDecoder(in_channels=12, feat_channels=10, grid_size=4,
+                                        input_size=16, num_scales=2, tokens_per_scale=3,
+                                        embed_dim=8)
+    assert isinstance(dec, BasePixelDecoder)
+    states = [torch.randn(2, 2, 3, 12), torch.randn(0, 2, 3, 12), torch.randn(1, 2, 3, 12)]
+    feats = [torch.randn(3, 16, 10), torch.randn(3, 16, 10)]
+    low = dec(states, feats)
+    assert [tuple(m.shape) for m in low] == [(2, 16, 16), (0, 16, 16), (1, 16, 16)]
+    out = [dec.postprocess(m, (16, 12), (20, 15)) for m in low]
+    sum(o.sum() for o in out).backward()
+    # A third-party decoder built on the base class carries no weight it never uses.
+    unused = [name for name, p in dec.named_parameters() if p.requires_grad and p.grad is None]
+    assert unused == []
+    with pytest.raises(ValueError, match='codebook has 1 scale'):
+        dec.check_codebook(1, 3)

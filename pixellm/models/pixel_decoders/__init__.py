@@ -1,4 +1,6 @@
+from .base_pixel_decoder import BasePixelDecoder
 from .layers import LayerNorm2d, PositionEmbeddingRandom, TwoWayTransformer
 from .pixel_decoder import PixelDecoder
 
-__all__ = ['PixelDecoder', 'TwoWayTransformer', 'PositionEmbeddingRandom', 'LayerNorm2d']
+__all__ = ['BasePixelDecoder', 'PixelDecoder', 'TwoWayTransformer', 'PositionEmbeddingRandom',
+           'LayerNorm2d']

@@ -1,18 +1,18 @@
 """PixelLM's lightweight pixel decoder: codebook hidden states + image features -> one mask per target."""
 import copy
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
-from mmengine.model import BaseModule
 from torch import nn
 
 from pixellm.registry import MODELS
+from .base_pixel_decoder import BasePixelDecoder
 from .layers import MLP, LayerNorm2d, PositionEmbeddingRandom, TwoWayTransformer
 
 
 @MODELS.register_module()
-class PixelDecoder(BaseModule):
+class PixelDecoder(BasePixelDecoder):
     """The official "lightweight pixel decoder" with ``vision_tower_for_mask`` (no SAM encoder).
 
     Per target: the codebook hidden states go through ``text_hidden_fcs`` (Linear, ReLU, Linear to
@@ -86,7 +86,8 @@ class PixelDecoder(BaseModule):
                  state_norm: Optional[str] = None,
                  prompt_scale: float = 1.0,
                  init_cfg: Optional[Dict] = None) -> None:
-        super().__init__(init_cfg=init_cfg)
+        super().__init__(in_channels, feat_channels, grid_size, input_size, num_scales,
+                         tokens_per_scale, init_cfg=init_cfg)
         if embed_dim % 8:
             raise ValueError(f'embed_dim must be a multiple of 8, got {embed_dim}')
         if state_norm not in (None, 'batch'):
@@ -94,12 +95,6 @@ class PixelDecoder(BaseModule):
         self.state_norm = (nn.BatchNorm1d(in_channels * num_scales * tokens_per_scale,
                                           affine=False) if state_norm == 'batch' else None)
         self.prompt_scale = float(prompt_scale)
-        self.in_channels = in_channels
-        self.feat_channels = feat_channels
-        self.grid_size = grid_size
-        self.input_size = input_size
-        self.num_scales = num_scales
-        self.tokens_per_scale = tokens_per_scale
         self.embed_dim = embed_dim
         self.text_hidden_fcs = nn.Sequential(
             nn.Linear(in_channels, in_channels), nn.ReLU(inplace=True),
@@ -147,15 +142,6 @@ class PixelDecoder(BaseModule):
     def low_res_size(self) -> int:
         """Side of the fused low-res masks (official: 128 for a 32 grid and two scales)."""
         return self.grid_size * (4 if self.num_scales > 1 else 2)
-
-    def check_codebook(self, num_scales: int, tokens_per_scale: int) -> None:
-        """Raise if a codebook's shape does not match this decoder."""
-        if (num_scales, tokens_per_scale) != (self.num_scales, self.tokens_per_scale):
-            raise ValueError(
-                f'codebook has {num_scales} scale(s) x {tokens_per_scale} token(s) but the pixel '
-                f'decoder expects {self.num_scales} x {self.tokens_per_scale}; set the '
-                'decoder\'s num_scales/tokens_per_scale to the codebook\'s (configs derive both '
-                'from one setting)')
 
     def embed_targets(self, states: torch.Tensor) -> torch.Tensor:
         """``(N, scales, tokens, in_channels)`` hidden states -> ``(N, scales, embed_dim)``."""
@@ -267,26 +253,3 @@ class PixelDecoder(BaseModule):
             term = self.scale_fusion[level].to(up.dtype) * up
             fused = term if fused is None else fused + term
         return list(fused.split(counts))
-
-    def postprocess(self, low_res: torch.Tensor, valid_hw: Tuple[int, int],
-                    ori_shape: Tuple[int, int]) -> torch.Tensor:
-        """Upsample ``(N, h, w)`` logits to the input size, drop the padding, resize to original.
-
-        Args:
-            low_res (Tensor): Low-res mask logits of one image.
-            valid_hw (tuple): (h, w) of the resized image inside the padded input.
-            ori_shape (tuple): (H, W) of the original image.
-
-        Returns:
-            Tensor: ``(N, H, W)`` mask logits.
-        """
-        if low_res.shape[0] == 0:
-            # Keep the (zero-weight) graph of an empty output: DDP and sharded backward passes
-            # expect every rank to reach the decoder's weights.
-            return low_res.new_zeros(0, *ori_shape) + low_res.sum() * 0.0
-        s = self.input_size
-        x = F.interpolate(low_res[:, None].float(), (s, s), mode='bilinear', align_corners=False)
-        x = x[..., :int(valid_hw[0]), :int(valid_hw[1])]
-        x = F.interpolate(x, tuple(int(v) for v in ori_shape), mode='bilinear',
-                          align_corners=False)
-        return x[:, 0]
