@@ -19,7 +19,7 @@ from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
 from PIL import Image
 
-from pixellm.datasets.chat_templates import CHAT_TEMPLATES, encode_prompt
+from pixellm.datasets.chat_templates import CHAT_TEMPLATES, DEFAULT_CHAT_TEMPLATE, encode_prompt
 from pixellm.datasets.transforms import LoadImageFromFile, PackPixelLMInputs, ResizeLongestSide
 from pixellm.registry import MODELS
 from pixellm.utils.constants import DEFAULT_IMAGE_TOKEN
@@ -159,8 +159,8 @@ def _pipeline_settings(cfg: Config) -> Dict[str, Any]:
     """
     from pixellm.engine.runner_utils import type_name
     from pixellm.registry import TRANSFORMS
-    settings = dict(template='vicuna_v1', use_im_start_end=False, interpolation='bilinear',
-                    user_prompt=None)
+    settings = dict(template=DEFAULT_CHAT_TEMPLATE, use_im_start_end=False,
+                    interpolation='bilinear', user_prompt=None)
     for loader in ('test_dataloader', 'val_dataloader', 'train_dataloader'):
         dataset = (cfg.get(loader) or {}).get('dataset') or {}
         pipeline = dataset.get('pipeline') if isinstance(dataset, dict) else None
@@ -374,7 +374,7 @@ def inference(model: torch.nn.Module, image: ImageInput, question: str,
             empty.
     """
     settings = getattr(model, 'pixellm_inference', None) or dict(
-        template='vicuna_v1', use_im_start_end=False, interpolation='bilinear',
+        template=DEFAULT_CHAT_TEMPLATE, use_im_start_end=False, interpolation='bilinear',
         dtype=next(model.parameters()).dtype)
     if settings['template'] not in CHAT_TEMPLATES:
         raise ValueError(f'chat template {settings["template"]!r} is not registered')

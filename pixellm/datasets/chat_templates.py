@@ -71,10 +71,13 @@ def register_chat_template(template: ChatTemplate, force: bool = False) -> ChatT
     return template
 
 
+# The template of PixelLM's and LISA's LLaVA checkpoints, and every default in pixellm.
+DEFAULT_CHAT_TEMPLATE = 'vicuna_v1'
+
 # LLaVA v1 (SeparatorStyle.TWO, sep ' ', sep2 '</s>'):
 # "SYSTEM USER: q ASSISTANT: a</s>USER: q2 ASSISTANT: a2</s>".
 register_chat_template(ChatTemplate(
-    name='vicuna_v1',
+    name=DEFAULT_CHAT_TEMPLATE,
     system=VICUNA_SYSTEM,
     prefix='{system} ',
     first_user='USER: {content} ASSISTANT:',
@@ -157,7 +160,7 @@ def _render_parts(messages: Sequence[Message], template: ChatTemplate) -> List[_
 
 
 def render_conversation(messages: Sequence[Message],
-                        template: Union[str, ChatTemplate] = 'vicuna_v1') -> str:
+                        template: Union[str, ChatTemplate] = DEFAULT_CHAT_TEMPLATE) -> str:
     """Return the text the LLM sees for ``messages`` (for logs and debugging).
 
     A conversation ending with a user message renders as a generation prompt (ending with the
@@ -258,7 +261,7 @@ def _first_supervised(labels: List[int]) -> int:
 
 def encode_conversation(messages: Sequence[Message],
                         tokenizer,
-                        template: Union[str, ChatTemplate] = 'vicuna_v1',
+                        template: Union[str, ChatTemplate] = DEFAULT_CHAT_TEMPLATE,
                         max_length: Optional[int] = None,
                         use_im_start_end: bool = False) -> Dict[str, torch.Tensor]:
     """Tokenize a conversation for training: ids with one image placeholder, labels on answers.
@@ -307,7 +310,7 @@ def encode_conversation(messages: Sequence[Message],
 
 def encode_prompt(messages: Sequence[Message],
                   tokenizer,
-                  template: Union[str, ChatTemplate] = 'vicuna_v1',
+                  template: Union[str, ChatTemplate] = DEFAULT_CHAT_TEMPLATE,
                   use_im_start_end: bool = False) -> torch.Tensor:
     """Tokenize a generation prompt: all turns, ending with the assistant's role tag.
 

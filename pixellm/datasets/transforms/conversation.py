@@ -12,7 +12,8 @@ import torch
 from mmcv.transforms import BaseTransform
 from mmengine.logging import print_log
 
-from pixellm.datasets.chat_templates import encode_conversation, encode_prompt
+from pixellm.datasets.chat_templates import (DEFAULT_CHAT_TEMPLATE, encode_conversation,
+                                             encode_prompt)
 from pixellm.datasets.muse_dataset import DatasetFormatError, record_context
 from pixellm.models.codebooks.tokens import (codebook_cfg_tokens, codebook_token_strings,
                                              count_seg_placeholders, expand_seg_placeholders)
@@ -334,7 +335,7 @@ class TokenizeConversation(BaseTransform):
             sample that went through ``ExpandSegTokens``).
     """
 
-    def __init__(self, tokenizer=DEFAULT_TOKENIZER, template: str = 'vicuna_v1',
+    def __init__(self, tokenizer=DEFAULT_TOKENIZER, template: str = DEFAULT_CHAT_TEMPLATE,
                  max_length: Optional[int] = 512, use_im_start_end: bool = False,
                  codebook: Optional[dict] = None, overflow: str = 'error') -> None:
         if max_length is not None and max_length < 1:
