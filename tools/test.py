@@ -25,9 +25,10 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 from pixellm.engine.checkpoint import atomic_write_text  # noqa: E402
 from pixellm.engine.hooks import codebook_tokens_of  # noqa: E402
 from pixellm.engine.preflight import check_config_types, check_run_checkpoints  # noqa: E402
-from pixellm.engine.runner_utils import (add_common_arguments, build_runner,  # noqa: E402
-                                         check_data_or_exit, format_metrics, load_tool_config,
-                                         set_show_dir, release_runner, shutdown_distributed)
+from pixellm.engine.distributed import release_runner, shutdown_distributed  # noqa: E402
+from pixellm.engine.runner_build import build_runner, format_metrics  # noqa: E402
+from pixellm.engine.tool_config import (add_common_arguments, check_data_or_exit,  # noqa: E402
+                                        load_tool_config, set_show_dir)
 from pixellm.evaluation import DumpPredictions  # noqa: E402
 from pixellm.models.export import CONFIG_FILE as EXPORT_CONFIG_FILE  # noqa: E402
 from pixellm.utils.cli import UserError, cli_main  # noqa: E402

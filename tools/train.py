@@ -21,11 +21,13 @@ from mmengine.logging import print_log
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from pixellm.engine.preflight import check_config_types, check_run_checkpoints  # noqa: E402
-from pixellm.engine.runner_utils import (add_common_arguments, apply_amp,  # noqa: E402
-                                         apply_deepspeed, apply_fsdp, apply_resume, apply_seed,
-                                         build_runner, check_data_or_exit,
-                                         enable_resume_safety, load_tool_config,
-                                         release_runner, shutdown_distributed)
+from pixellm.engine.deepspeed_config import apply_deepspeed  # noqa: E402
+from pixellm.engine.distributed import release_runner, shutdown_distributed  # noqa: E402
+from pixellm.engine.fsdp import apply_fsdp  # noqa: E402
+from pixellm.engine.runner_build import build_runner  # noqa: E402
+from pixellm.engine.tool_config import (add_common_arguments, apply_amp,  # noqa: E402
+                                        apply_resume, apply_seed, check_data_or_exit,
+                                        enable_resume_safety, load_tool_config)
 from pixellm.utils.cli import cli_main  # noqa: E402
 
 

@@ -157,7 +157,7 @@ def _pipeline_settings(cfg: Config) -> Dict[str, Any]:
     (``BuildMuseConversation``, ``BuildReferConversation``), or ``None`` when the pipeline asks
     questions as they are.
     """
-    from pixellm.engine.runner_utils import type_name
+    from pixellm.engine.tool_config import type_name
     from pixellm.registry import TRANSFORMS
     settings = dict(template=DEFAULT_CHAT_TEMPLATE, use_im_start_end=False,
                     interpolation='bilinear', user_prompt=None)

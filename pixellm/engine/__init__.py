@@ -14,10 +14,11 @@ from .mmengine_fixes import (install_mmengine_fixes, install_safe_checkpoint_loa
                              register_available_deepspeed_optimizers)
 from .hooks import (AtomicCheckpointHook, GradDigestHook, PixelLMVisualizationHook, RNGStateHook,
                     capture_rng_state, restore_rng_state)
-from .runner_utils import (add_common_arguments, apply_amp, apply_deepspeed, apply_resume,
-                           apply_seed, apply_work_dir, build_runner, check_data_or_exit,
-                           enable_resume_safety, format_metrics, load_tool_config,
-                           prepare_cpu_distributed, set_show_dir)
+from .deepspeed_config import apply_deepspeed
+from .distributed import prepare_cpu_distributed
+from .runner_build import build_runner, format_metrics
+from .tool_config import (add_common_arguments, apply_amp, apply_resume, apply_seed, apply_work_dir,
+                          check_data_or_exit, enable_resume_safety, load_tool_config, set_show_dir)
 
 __all__ = [
     'AtomicCheckpointHook', 'AtomicLocalBackend', 'BadCheckpointError', 'GradDigestHook',

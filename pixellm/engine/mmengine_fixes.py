@@ -17,7 +17,7 @@ test that fails when the upstream code it relies on changes
    with ``ModuleNotFoundError``. That function is replaced by
    :func:`register_available_deepspeed_optimizers`.
 3. **FSDP wrap policy by name.** ``pixellm_layer_wrap_policy`` (one FSDP unit per transformer
-   block, :func:`pixellm.engine.runner_utils.layer_wrap_policy`) is registered in mmengine's
+   block, :func:`pixellm.engine.fsdp.layer_wrap_policy`) is registered in mmengine's
    ``FUNCTIONS``, where ``FSDPStrategy`` looks ``auto_wrap_policy`` up.
 
 :func:`pixellm.utils.config.package_folders` (absolute base imports of configs) is the one other
@@ -80,7 +80,7 @@ def register_fsdp_wrap_policy() -> None:
     """Register ``pixellm_layer_wrap_policy`` in mmengine's ``FUNCTIONS``; idempotent."""
     from mmengine.registry import FUNCTIONS
 
-    from .runner_utils import FSDP_WRAP_POLICY, layer_wrap_policy
+    from .fsdp import FSDP_WRAP_POLICY, layer_wrap_policy
     if FUNCTIONS.get(FSDP_WRAP_POLICY) is None:
         FUNCTIONS.register_module(name=FSDP_WRAP_POLICY, module=layer_wrap_policy)
 

@@ -15,8 +15,9 @@ from conftest import load_tool
 from mmengine.config import Config
 
 from pixellm.engine import load_checkpoint_safely, register_available_deepspeed_optimizers
-from pixellm.engine.runner_utils import (apply_deepspeed, deepspeed_config_names,
-                                         prepare_cpu_distributed, resolve_deepspeed_config)
+from pixellm.engine.deepspeed_config import (apply_deepspeed, deepspeed_config_names,
+                                             resolve_deepspeed_config)
+from pixellm.engine.distributed import prepare_cpu_distributed
 from pixellm.utils import load_config
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -409,7 +410,7 @@ def test_fsdp_on_two_gloo_processes_trains_like_one_process(tmp_path, single_pro
 
 
 def test_fsdp_needs_a_launcher_and_excludes_deepspeed(tmp_path):
-    from pixellm.engine.runner_utils import apply_fsdp, layer_wrap_policy
+    from pixellm.engine.fsdp import apply_fsdp, layer_wrap_policy
     cfg = _train_cfg()
     cfg.launcher = 'none'
     with pytest.raises(ValueError, match='tools/dist_train.sh CONFIG GPUS --fsdp'):

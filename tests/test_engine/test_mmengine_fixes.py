@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 from pixellm.engine import install_mmengine_fixes
-from pixellm.engine.runner_utils import FSDP_WRAP_POLICY, layer_wrap_policy
+from pixellm.engine.fsdp import FSDP_WRAP_POLICY, layer_wrap_policy
 
 PROBE = '''
 import pixellm, pixellm.engine, pixellm.models, pixellm.datasets, pixellm.apis

@@ -20,7 +20,7 @@ from pixellm.engine import (PixelLMVisualizationHook, UntrustedCheckpointError, 
                             enable_resume_safety, format_metrics, load_checkpoint_safely,
                             save_checkpoint_atomic, set_show_dir)
 from pixellm.engine.checkpoint import checkpoint_trust_enabled, set_checkpoint_trust
-from pixellm.engine.runner_utils import amp_device_available
+from pixellm.engine.tool_config import amp_device_available
 from pixellm.structures import PixelLMDataSample
 from pixellm.visualization import PixelLMVisualizer, mask_colors
 
@@ -190,8 +190,8 @@ def test_amp_on_cpu_fails_clearly(tmp_path):
 
 def test_amp_switches_the_optim_wrapper(monkeypatch):
     # The config edit is what is tested; pretend an accelerator exists so it runs on the CPU too.
-    import pixellm.engine.runner_utils as runner_utils
-    monkeypatch.setattr(runner_utils, 'amp_device_available', lambda: True)
+    import pixellm.engine.tool_config as tool_config
+    monkeypatch.setattr(tool_config, 'amp_device_available', lambda: True)
     cfg = Config(dict(optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1))))
     apply_amp(cfg)
     assert cfg.optim_wrapper.type == 'AmpOptimWrapper'

@@ -7,7 +7,8 @@ import numpy as np
 from PIL import Image
 
 from pixellm.datasets.synthetic import generate_muse_scenes
-from pixellm.engine.runner_utils import build_runner, drop_unavailable_vis_backends
+from pixellm.engine.runner_build import build_runner
+from pixellm.engine.tool_config import drop_unavailable_vis_backends
 from pixellm.utils import load_config, register_all_modules
 from pixellm.visualization import render_mask_overlay
 

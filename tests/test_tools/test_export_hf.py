@@ -201,7 +201,7 @@ def test_runner_tests_the_folder_like_the_checkpoint(trained, exported, tmp_path
     """The config switch through mmengine's runner (what tools/test.py runs), on a tiny MUSE set:
     the runner builds the model from the folder, loads nothing more and keeps the weights."""
     from pixellm.datasets.synthetic import generate_muse_scenes
-    from pixellm.engine.runner_utils import build_runner
+    from pixellm.engine.runner_build import build_runner
     from pixellm.utils import load_config
     data_root = str(tmp_path / 'muse')
     generate_muse_scenes(data_root, num_train=1, num_val=3, seed=5)

@@ -32,9 +32,10 @@ REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, REPO)
 
 from pixellm.engine.preflight import check_config_types, check_run_checkpoints  # noqa: E402
-from pixellm.engine.runner_utils import (add_common_arguments, apply_resume,  # noqa: E402
-                                         build_runner, check_data_or_exit,
-                                         enable_resume_safety, load_tool_config)
+from pixellm.engine.runner_build import build_runner  # noqa: E402
+from pixellm.engine.tool_config import (add_common_arguments, apply_resume,  # noqa: E402
+                                        check_data_or_exit, enable_resume_safety,
+                                        load_tool_config)
 from pixellm.utils.cli import UserError, cli_main  # noqa: E402
 
 DIGESTS = 'grad_digests.jsonl'

@@ -61,7 +61,7 @@ def answer_report(rows):
 
 
 def parse_args(argv=None):
-    from pixellm.engine.runner_utils import add_common_arguments
+    from pixellm.engine.tool_config import add_common_arguments
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('config')
     parser.add_argument('checkpoint')
@@ -75,7 +75,8 @@ def parse_args(argv=None):
 def main(argv=None):
     import torch
 
-    from pixellm.engine.runner_utils import build_runner, load_tool_config
+    from pixellm.engine.runner_build import build_runner
+    from pixellm.engine.tool_config import load_tool_config
     args = parse_args(argv)
     if not osp.isfile(args.checkpoint):
         raise SystemExit(f'demo_answer_report.py: checkpoint {args.checkpoint!r} does not exist')

@@ -1,5 +1,5 @@
 """Batches PixelLM inputs: CLIP normalisation and bottom-right padding to the encoder size."""
-from typing import Dict, Optional, Sequence
+from typing import Dict, Sequence
 
 import torch
 import torch.nn.functional as F
