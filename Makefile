@@ -29,10 +29,11 @@ test: $(STAMP)
 test-full-width: $(STAMP)
 	$(PY) -m pytest -q -m full_width tests
 
-# Generate the MUSE-format demo data (if absent), train the tiny PixelLM on the CPU, evaluate,
-# write overlays and print gIoU/cIoU next to the trivial predictors (tools/misc/run_demo.py).
+# The offline demo (projects/pixellm_tiny_demo): generate the MUSE-format demo data (if absent),
+# train the tiny PixelLM on the CPU, evaluate, write overlays and print gIoU/cIoU next to the
+# trivial predictors.
 demo: $(STAMP)
-	$(PY) tools/misc/run_demo.py
+	$(PY) projects/pixellm_tiny_demo/tools/run_demo.py
 
 # The browser test of the web demo: installs the `web` extra (Gradio, Playwright's Python driver)
 # and Debian's chromium (no browser download), then runs the tests marked `web`.
@@ -48,7 +49,7 @@ chromium:
 web-demo: $(WEB_STAMP)
 	@test -f work_dirs/pixellm_tiny_demo/last_checkpoint || { \
 	  echo 'no demo checkpoint: run make demo first'; exit 1; }
-	$(PY) demo/app.py configs/pixellm/pixellm_tiny_demo.py \
+	$(PY) demo/app.py projects/pixellm_tiny_demo/configs/pixellm_tiny_demo.py \
 	  "$$(cat work_dirs/pixellm_tiny_demo/last_checkpoint)"
 
 clean:

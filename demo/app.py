@@ -5,7 +5,7 @@
 
 With the offline demo's checkpoint (``make demo``)::
 
-    python demo/app.py configs/pixellm/pixellm_tiny_demo.py \\
+    python demo/app.py projects/pixellm_tiny_demo/configs/pixellm_tiny_demo.py \\
         "$(cat work_dirs/pixellm_tiny_demo/last_checkpoint)"
 
 The page has an image input, a question box and an Ask button; the answer comes back as text

@@ -123,7 +123,7 @@ def captured_log_records():
         logger.removeHandler(handler)
 
 
-DEMO_CONFIG = 'configs/pixellm/pixellm_tiny_demo.py'
+DEMO_CONFIG = 'projects/pixellm_tiny_demo/configs/pixellm_tiny_demo.py'
 
 
 # The demo config's auxiliary context loss slows the text loss in the first iterations: at 150
@@ -141,7 +141,7 @@ def trained_tiny(tmp_path_factory):
     """
     import subprocess
 
-    from pixellm.datasets.synthetic import generate_muse_scenes
+    from projects.pixellm_tiny_demo.pixellm_tiny_demo import generate_muse_scenes
     root = tmp_path_factory.mktemp('trained_tiny')
     data_root = str(root / 'data')
     generate_muse_scenes(data_root, num_train=160, num_val=6, seed=5, max_size=192)

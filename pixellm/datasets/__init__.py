@@ -9,7 +9,6 @@ from .refer_dataset import ReferSegDataset
 from .sem_seg_dataset import (ADE20KSemSegDataset, COCOStuffSemSegDataset,
                               MapillarySemSegDataset, PACOLVISSemSegDataset,
                               PascalPartSemSegDataset, SemSegQADataset)
-from .synthetic import generate_muse_scenes
 from .transforms import (BuildMuseConversation, BuildReferConversation, BuildVQAConversation,
                          ChooseExplanatoryAnswer, DecodeTargetMasks, ExpandSegTokens,
                          LoadImageFromFile, PackPixelLMInputs, ResizeLongestSide, SampleQuestion,
@@ -18,7 +17,7 @@ from .vqa_dataset import LLaVAInstructDataset
 
 __all__ = [
     'chat_templates', 'DatasetFormatError', 'InvalidTargetError', 'UnsafePickleError',
-    'load_data_pickle', 'generate_muse_scenes',
+    'load_data_pickle',
     # datasets
     'MUSEDataset', 'ReferSegDataset', 'GRefCOCODataset', 'ReasonSegDataset', 'SemSegQADataset',
     'ADE20KSemSegDataset', 'COCOStuffSemSegDataset', 'MapillarySemSegDataset',

@@ -563,13 +563,13 @@ class MUSEDataset(BaseDataset):
                     questions=list(questions), answers=kept_answers,
                     text_answers=list(text_answers),
                     # Every object of the image (COCO ``ann_list``), for the union-of-all-objects
-                    # baseline and for RenderSemanticMap (the demo's encoder pre-training); the
-                    # question pipeline does not read them. Checked where they are used.
+                    # baseline and for semantic label maps (the demo project's RenderSemanticMap);
+                    # the question pipeline does not read them. Checked where they are used.
                     all_segmentations=[all_objects[i]['segmentation'] for i in kept_objects],
-                    # None without an ann_list list: RenderSemanticMap refuses such a record.
+                    # None without an ann_list list: a semantic map cannot be drawn from it.
                     all_category_ids=[all_objects[i].get('category_id') for i in kept_objects]
                     if has_ann_list else None,
                     all_ann_indices=kept_objects if has_ann_list else None,
-                    # Entries that are not objects with a segmentation, for RenderSemanticMap's
+                    # Entries that are not objects with a segmentation, for a semantic map's
                     # error (the baseline skips them).
                     ann_list_skipped=skipped_objects)

@@ -1,4 +1,5 @@
 """Model components; importing this package registers them in ``pixellm.registry.MODELS``."""
+from .aux_heads import *  # noqa: F401,F403
 from .codebooks import *  # noqa: F401,F403
 from .data_preprocessors import *  # noqa: F401,F403
 from .export import (CheckpointMismatchError, export_pixellm, load_exported,  # noqa: F401

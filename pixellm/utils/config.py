@@ -25,7 +25,7 @@ Facts about ``mmengine.Config.fromfile`` in mmengine 0.10.7 (checked by experime
   which work in lazy configs, and classes imported for ``type=`` (``from torch.optim import
   AdamW``) work because they are only referenced, never called.
 * A lazy config may inherit an installed package's config by an absolute import, ``with
-  read_base(): from pixellm.configs.pixellm.pixellm_tiny_demo import *``. mmengine finds its file
+  read_base(): from pixellm.configs.pixellm.pixellm_tiny_muse import *``. mmengine finds its file
   with ``mmengine.config.config.get_installed_path``, which needs ``pkg_resources`` (gone from
   current setuptools) and, for an editable install, names a folder that does not exist. While
   :func:`load_config` parses a file it resolves a package that Python can import to the folder

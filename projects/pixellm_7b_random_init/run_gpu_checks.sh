@@ -53,7 +53,7 @@ TAIL=45 step benchmark 240 $PYTHON tools/analysis/benchmark.py "$RECIPE" --devic
 step weights 180 $PYTHON projects/pixellm_7b_random_init/make_random_weights.py "$RECIPE" \
     --out work_dirs/random_7b --device "$DEVICE" ${WEIGHT_OPTIONS:+--cfg-options $WEIGHT_OPTIONS}
 # The CPU demo's dataset (make demo writes the same; an existing one is reused).
-step data 120 $PYTHON tools/misc/generate_demo_data.py --out data/muse_demo
+step data 120 $PYTHON projects/pixellm_tiny_demo/tools/generate_demo_data.py --out data/muse_demo
 
 TAIL=12 step train 300 $PYTHON tools/train.py "$CFG" --work-dir "$WORK" \
     ${TRAIN_OPTIONS:+--cfg-options $TRAIN_OPTIONS}

@@ -209,9 +209,9 @@ def test_bad_inputs_raise_one_clear_error(model, tmp_path):
 
 
 def test_checkpoint_of_another_model_is_refused_with_its_keys(trained_tiny):
-    with pytest.raises(CheckpointMismatchError, match='state_norm'):
+    with pytest.raises(CheckpointMismatchError, match='aux_heads'):
         init_model(trained_tiny['config'], trained_tiny['checkpoint'],
-                   cfg_options={'model.pixel_decoder.state_norm': None})
+                   cfg_options={'model.aux_heads': []})
     with pytest.raises(FileNotFoundError, match='export_hf.py'):
         init_model(trained_tiny['config'], 'nowhere.pth')
 
@@ -233,7 +233,7 @@ def test_questions_are_asked_in_the_test_pipelines_wording():
     from pixellm.datasets.transforms.refer_conversation import TEST_LONG_QUESTION
     from pixellm.utils import load_config
     muse = _pipeline_settings(load_config(osp.join(REPO, 'configs', 'pixellm',
-                                                   'pixellm_tiny_demo.py')))
+                                                   'pixellm_tiny_muse.py')))
     assert muse['user_prompt']('Where is it?') == LONG_QUESTION_TEMPLATES[0].format(
         sent='Where is it?')
     reason = _pipeline_settings(load_config(osp.join(REPO, 'configs', 'pixellm',

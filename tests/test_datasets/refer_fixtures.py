@@ -14,7 +14,7 @@ from mmengine.config import Config
 from PIL import Image
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-DEMO_CONFIG = osp.join(REPO, 'configs', 'pixellm', 'pixellm_tiny_demo.py')
+DEMO_CONFIG = osp.join(REPO, 'projects/pixellm_tiny_demo/configs/pixellm_tiny_demo.py')
 COCO_DIR = 'refer_seg/images/mscoco/images/train2014'
 
 # Images: id -> (file name, height, width).
@@ -123,7 +123,7 @@ def _demo_config():
 
 
 def demo_pipeline(kind='train_pipeline', replace=None, insert_before=None):
-    """The tokenizing pipeline of ``configs/pixellm/pixellm_tiny_demo.py`` with swapped steps.
+    """The tokenizing pipeline of ``projects/pixellm_tiny_demo/configs/pixellm_tiny_demo.py`` with swapped steps.
 
     Args:
         kind (str): ``'train_pipeline'`` or ``'test_pipeline'``.

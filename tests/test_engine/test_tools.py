@@ -310,13 +310,13 @@ def test_test_drawings_are_named_by_the_question_index_the_pipeline_carries(tmp_
     """The MUSE test pipeline's own metainfo names the file, whatever order samples come in."""
     from mmengine.registry import init_default_scope
 
-    from pixellm.datasets.synthetic import generate_muse_scenes
+    from projects.pixellm_tiny_demo.pixellm_tiny_demo import generate_muse_scenes
     from pixellm.registry import DATASETS
     from pixellm.utils import load_config
     init_default_scope('pixellm')
     generate_muse_scenes(str(tmp_path / 'data'), num_train=2, num_val=2, seed=1, min_size=64,
                          max_size=96)
-    cfg = load_config(osp.join(REPO, 'configs', 'pixellm', 'pixellm_tiny_demo.py'))
+    cfg = load_config(osp.join(REPO, 'projects/pixellm_tiny_demo/configs/pixellm_tiny_demo.py'))
     cfg.test_dataloader.dataset.data_root = str(tmp_path / 'data')
     dataset = DATASETS.build(cfg.test_dataloader.dataset)
     samples = [dataset[i]['data_samples'] for i in range(len(dataset))]

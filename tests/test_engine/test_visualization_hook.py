@@ -6,7 +6,7 @@ import os.path as osp
 import numpy as np
 from PIL import Image
 
-from pixellm.datasets.synthetic import generate_muse_scenes
+from projects.pixellm_tiny_demo.pixellm_tiny_demo import generate_muse_scenes
 from pixellm.engine.runner_build import build_runner
 from pixellm.engine.tool_config import drop_unavailable_vis_backends
 from pixellm.utils import load_config, register_all_modules
@@ -14,7 +14,7 @@ from pixellm.visualization import render_mask_overlay
 
 from conftest import REPO
 
-DEMO = osp.join(REPO, 'configs', 'pixellm', 'pixellm_tiny_demo.py')
+DEMO = osp.join(REPO, 'projects/pixellm_tiny_demo/configs/pixellm_tiny_demo.py')
 
 
 def test_hook_writes_fixed_val_samples_with_prediction_and_truth(tmp_path):

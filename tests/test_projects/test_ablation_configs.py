@@ -6,7 +6,7 @@ import pytest
 import torch
 from mmengine.dataset import pseudo_collate
 
-from pixellm.datasets.synthetic import generate_muse_scenes
+from projects.pixellm_tiny_demo.pixellm_tiny_demo import generate_muse_scenes
 from pixellm.models.losses import MaskBCELoss, TargetRefinementLoss
 from pixellm.registry import DATASETS, MODELS
 from pixellm.utils import load_config

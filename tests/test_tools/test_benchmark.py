@@ -12,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from pixellm.models.meta_build import build_on_meta, build_random_init, count_parameters
 from conftest import REPO, TINY_MODEL_CFG, load_tool, tiny_model_cfg
 
-DEMO_CFG = osp.join(REPO, 'configs', 'pixellm', 'pixellm_tiny_demo.py')
+DEMO_CFG = osp.join(REPO, 'projects/pixellm_tiny_demo/configs/pixellm_tiny_demo.py')
 MODEL_7B_CFG = osp.join(REPO, 'configs', '_base_', 'models', 'pixellm_7b.py')
 # The analytic count and FlopCounterMode agree exactly on these models (same matmuls, convs and
 # attention products); the tolerance only absorbs float rounding of the large sums.

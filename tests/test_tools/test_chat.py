@@ -96,9 +96,9 @@ def test_one_shot_mistakes_exit_non_zero_without_traceback(trained_tiny, tmp_pat
 def test_checkpoint_that_does_not_fit_the_config_exits_listing_keys(trained_tiny):
     image = osp.join(trained_tiny['data_root'], 'images', 'val_000000.png')
     rc, stdout, stderr = chat(trained_tiny, '--image', image, '--question', 'What is it?',
-                              '--cfg-options', 'model.pixel_decoder.state_norm=None')
+                              '--cfg-options', 'model.aux_heads=[]')
     assert rc == 1 and 'Traceback' not in stderr
-    assert 'does not match the model' in stderr and 'pixel_decoder.state_norm' in stderr
+    assert 'does not match the model' in stderr and 'aux_heads.0.head.weight' in stderr
     rc, stdout, stderr = chat(trained_tiny, '--image', image, '--question', 'What is it?',
                               '--load-in-8bit')
     assert rc == 1 and 'export_hf.py' in stderr and 'Traceback' not in stderr

@@ -8,12 +8,12 @@ import sys
 import pytest
 import torch
 
-from pixellm.datasets.synthetic import generate_muse_scenes
+from projects.pixellm_tiny_demo.pixellm_tiny_demo import generate_muse_scenes
 from pixellm.engine.hooks import tensor_digest
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TOOL = osp.join(REPO, 'tools', 'analysis', 'check_determinism.py')
-DEMO = 'configs/pixellm/pixellm_tiny_demo.py'
+DEMO = 'projects/pixellm_tiny_demo/configs/pixellm_tiny_demo.py'
 
 spec = importlib.util.spec_from_file_location('check_determinism', TOOL)
 tool = importlib.util.module_from_spec(spec)

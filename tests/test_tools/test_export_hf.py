@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from conftest import REPO, TINY_MODEL_CFG, build_tiny, load_tool, make_batch, tiny_model_cfg
 
-DEMO_CFG = osp.join(REPO, 'configs', 'pixellm', 'pixellm_tiny_demo.py')
+DEMO_CFG = osp.join(REPO, 'projects/pixellm_tiny_demo/configs/pixellm_tiny_demo.py')
 LORA_SCALE = 16 / 8  # alpha / r of the tiny config
 
 
@@ -200,7 +200,7 @@ def test_tied_tables_fold_untie_and_split_back(tmp_path):
 def test_runner_tests_the_folder_like_the_checkpoint(trained, exported, tmp_path, capsys):
     """The config switch through mmengine's runner (what tools/test.py runs), on a tiny MUSE set:
     the runner builds the model from the folder, loads nothing more and keeps the weights."""
-    from pixellm.datasets.synthetic import generate_muse_scenes
+    from projects.pixellm_tiny_demo.pixellm_tiny_demo import generate_muse_scenes
     from pixellm.engine.runner_build import build_runner
     from pixellm.utils import load_config
     data_root = str(tmp_path / 'muse')

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pixellm.datasets.synthetic.muse_scenes import generate_muse_scenes
+from projects.pixellm_tiny_demo.pixellm_tiny_demo.muse_scenes import generate_muse_scenes
 from pixellm.datasets.transforms.loading import decode_segmentation
 from pixellm.visualization import mask_colors
 from tools.misc import browse_dataset, print_config
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-DEMO_CFG = osp.join(REPO, 'configs', 'pixellm', 'pixellm_tiny_demo.py')
+DEMO_CFG = osp.join(REPO, 'projects/pixellm_tiny_demo/configs/pixellm_tiny_demo.py')
 
 
 @pytest.fixture(scope='module')

@@ -11,12 +11,12 @@ import pytest
 import torch
 from pycocotools import mask as mask_utils
 
-from pixellm.datasets.synthetic import generate_muse_scenes
+from projects.pixellm_tiny_demo.pixellm_tiny_demo import generate_muse_scenes
 from pixellm.engine import load_checkpoint_safely
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-DEMO = 'configs/pixellm/pixellm_tiny_demo.py'
-PLUGIN = 'configs/pixellm/pixellm_tiny_demo_dotdecoder.py'
+DEMO = 'projects/pixellm_tiny_demo/configs/pixellm_tiny_demo.py'
+PLUGIN = 'projects/pixellm_tiny_demo/configs/pixellm_tiny_demo_dotdecoder.py'
 
 
 @pytest.fixture(scope='module')

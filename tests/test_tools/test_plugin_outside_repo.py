@@ -6,7 +6,7 @@ import subprocess
 import sys
 import textwrap
 
-from pixellm.datasets.synthetic import generate_muse_scenes
+from projects.pixellm_tiny_demo.pixellm_tiny_demo import generate_muse_scenes
 from pixellm.utils import load_config
 from pixellm.utils.config import package_folders
 
@@ -43,7 +43,7 @@ CONFIG = '''
 from mmengine.config import read_base
 
 with read_base():
-    from pixellm.configs.pixellm.pixellm_tiny_demo import *  # noqa: F401,F403
+    from pixellm.configs.pixellm.pixellm_tiny_muse import *  # noqa: F401,F403
 
 custom_imports = dict(imports=['focal_mask_loss'], allow_failed_imports=False)
 model.update(loss_mask=dict(type='FocalMaskLoss', gamma=2.0))  # noqa: F405
@@ -61,8 +61,8 @@ def _study(tmp_path):
 def test_a_config_outside_the_repository_inherits_a_shipped_one(tmp_path):
     cfg = load_config(str(_study(tmp_path) / 'my_config.py'))
     assert cfg.model.loss_mask.type == 'FocalMaskLoss'
-    # Everything else is the shipped demo config's.
-    shipped = load_config(osp.join(REPO, 'configs', 'pixellm', 'pixellm_tiny_demo.py'))
+    # Everything else is the shipped config's.
+    shipped = load_config(osp.join(REPO, 'configs', 'pixellm', 'pixellm_tiny_muse.py'))
     assert cfg.model.pixel_decoder == shipped.model.pixel_decoder
     assert cfg.train_cfg == shipped.train_cfg
 

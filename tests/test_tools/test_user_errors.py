@@ -21,7 +21,7 @@ from pixellm.utils.cli import cli_main, register_user_error
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TOY_ITER = osp.join(REPO, 'tests', 'test_engine', 'toy', 'toy_iter.py')
-DEMO = osp.join(REPO, 'configs', 'pixellm', 'pixellm_tiny_demo.py')
+DEMO = osp.join(REPO, 'projects/pixellm_tiny_demo/configs/pixellm_tiny_demo.py')
 # What the line of each bad checkpoint says after ``error: <file>: ``.
 REASONS = dict(empty='checkpoint is empty', garbage='checkpoint is not a torch checkpoint',
                truncated='checkpoint is truncated', malicious_zip='refusing to unpickle',

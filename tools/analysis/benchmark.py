@@ -2,7 +2,7 @@
 peak memory and MFU against a measured matmul peak.
 
 Usage:
-    python tools/analysis/benchmark.py configs/pixellm/pixellm_tiny_demo.py --device cpu \\
+    python tools/analysis/benchmark.py projects/pixellm_tiny_demo/configs/pixellm_tiny_demo.py --device cpu \\
         --dtype fp32 --steps 3 --out work_dirs/benchmark_tiny.json
 
 FLOP convention (model FLOPs, counted analytically; a multiply-add is 2 FLOPs):
@@ -231,36 +231,25 @@ def pixel_decoder_flops(model, num_targets: int, batch: int,
                 decoder_upscale=up * num_targets * m, decoder_pe=pe)
 
 
-def codebook_context_flops(model, num_targets: int) -> Dict[str, float]:
-    """FLOPs of the auxiliary context head (``PixelLM.loss_context``) in one training step:
-    one ``Linear`` on every codebook state; the states take a gradient. ``predict`` never runs
-    it. Empty when the model has no such loss."""
-    loss = getattr(model, 'loss_context', None)
-    if loss is None:
-        return {}
-    dec = model.pixel_decoder
-    rows = num_targets * dec.num_scales * dec.tokens_per_scale
-    head = loss.head
-    return dict(context_head=2.0 * rows * head.in_features * head.out_features *
-                _mult(True, head.weight.requires_grad, True))
+def aux_head_flops(model, batch: int, num_targets: int) -> Dict[str, float]:
+    """FLOPs of the auxiliary heads (``PixelLM.aux_heads``) in one training step, from each head's
+    ``step_flops(batch, num_targets, image_tokens, codebook_tokens)`` (forward and backward; the
+    states they read take a gradient). ``predict`` never runs them.
 
-
-def grounding_flops(model, batch: int, num_targets: int) -> Dict[str, float]:
-    """FLOPs of the auxiliary grounding projections (``PixelLM.loss_grounding``) in one training
-    step: the key ``Linear`` on the image tokens of every sample, the query ``Linear`` on
-    ``window`` states per target, and their scores against every image token of the target's
-    sample; the states take a gradient. ``predict`` never runs them. Empty when the model has no
-    such loss."""
-    loss = getattr(model, 'loss_grounding', None)
-    if loss is None:
-        return {}
-    c, e = loss.query.in_features, loss.query.out_features
-    tokens = model.llm_image_grid ** 2
-    rows = num_targets * loss.window
-    linear = 2.0 * (batch * tokens + rows) * c * e
-    scores = 2.0 * rows * e * tokens
-    return dict(grounding_head=linear * _mult(True, loss.query.weight.requires_grad, True) +
-                scores * _mult(True, True, True))
+    Raises:
+        ValueError: A head has no ``step_flops``, so the step's count would be incomplete.
+    """
+    out = OrderedDict()
+    for i, head in enumerate(getattr(model, 'aux_heads', ())):
+        if not hasattr(head, 'step_flops'):
+            raise ValueError(f'aux_heads[{i}] ({type(head).__name__}) has no step_flops(batch, '
+                             'num_targets, image_tokens, codebook_tokens); the benchmark cannot '
+                             'count its FLOPs')
+        codebook = model.codebook.num_scales * model.codebook.tokens_per_scale
+        flops = head.step_flops(batch, num_targets, model.llm_image_grid ** 2, codebook)
+        for name, value in flops.items():
+            out[name] = out.get(name, 0.0) + value
+    return out
 
 
 def train_step_flops(model, batch: int, seq_len: int, num_targets: int) -> Dict[str, float]:
@@ -271,8 +260,7 @@ def train_step_flops(model, batch: int, seq_len: int, num_targets: int) -> Dict[
     out.update(projector_flops(model, batch, True))
     out.update(llm_flops(model, seq_len, seq_len, batch, True))
     out.update(pixel_decoder_flops(model, num_targets, batch, True))
-    out.update(codebook_context_flops(model, num_targets))
-    out.update(grounding_flops(model, batch, num_targets))
+    out.update(aux_head_flops(model, batch, num_targets))
     return out
 
 

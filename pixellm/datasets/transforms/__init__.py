@@ -3,14 +3,14 @@ from .conversation import (BuildMuseConversation, ExpandSegTokens, SampleQuestio
                            TokenizeConversation)
 from .formatting import PackPixelLMInputs
 from .geometric import ResizeLongestSide
-from .loading import DecodeTargetMasks, LoadImageFromFile, RenderSemanticMap
+from .loading import DecodeTargetMasks, LoadImageFromFile
 from .refer_conversation import (BuildReferConversation, ChooseExplanatoryAnswer,
                                  SampleReferPhrases)
 from .sem_seg_sampling import SampleSemSegTargets
 from .vqa_conversation import BuildVQAConversation
 
 __all__ = [
-    'LoadImageFromFile', 'DecodeTargetMasks', 'RenderSemanticMap', 'SampleQuestion',
+    'LoadImageFromFile', 'DecodeTargetMasks', 'SampleQuestion',
     'SampleReferPhrases',
     'SampleSemSegTargets', 'ChooseExplanatoryAnswer', 'BuildMuseConversation',
     'BuildReferConversation', 'BuildVQAConversation', 'ExpandSegTokens', 'TokenizeConversation',

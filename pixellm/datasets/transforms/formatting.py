@@ -24,7 +24,7 @@ class PackPixelLMInputs(BaseTransform):
     normalised); the data sample holds the metainfo keys, the token fields (``input_ids``,
     ``labels``, ``prompt_ids``, when tokenized), ``gt_instances.masks`` (bool ``(N, H, W)`` at
     the original resolution, when decoded), ``gt_sem_seg.data`` (int64 ``(1, H, W)`` label map at
-    the original resolution, from ``RenderSemanticMap``) and ``gt_ignore`` (bool ``(H, W)``,
+    the original resolution, from a transform that sets ``gt_seg_map``) and ``gt_ignore`` (bool ``(H, W)``,
     pixels left out of evaluation, when the record has them). The output collates with mmengine's
     ``pseudo_collate``.
 

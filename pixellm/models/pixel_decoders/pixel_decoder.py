@@ -34,18 +34,6 @@ class PixelDecoder(BasePixelDecoder):
     ``text_hidden_fcs``, ``mm_projector`` and the token tables after peft freezes the rest); here
     they are trained, and ``train_neck=False`` freezes them as officially.
 
-    Two options, off by default (the official decoder), exist for LLMs trained from random
-    initialisation, such as the offline demo's tiny LLaMA: there the codebook hidden states are
-    dominated by a part that is the same for every target (a random-init LLM has no pretrained,
-    token-specific representations), the target-specific part is small, and the decoder settles on
-    one prompt-independent mask ("all salient objects") before it learns to read the prompt.
-    ``state_norm='batch'`` standardises each codebook slot's hidden state over the targets of the
-    batch (a ``BatchNorm1d`` without affine terms, running statistics at test time), which removes
-    that shared part; ``prompt_scale`` multiplies the prompts so that they weigh like the learned
-    SAM tokens beside them. With pretrained LLaVA weights neither is needed. The demo also
-    trains with ``CodebookContextLoss`` (``PixelLM(loss_context=...)``), which makes the LLM carry
-    each target's words into those states in the first place.
-
     Args:
         in_channels (int): Width of the codebook hidden states (the LLM width).
         feat_channels (int): Width of the projected image features (official: LLM width).
@@ -61,11 +49,6 @@ class PixelDecoder(BasePixelDecoder):
         learn_fusion_weights (bool): Train the fusion weights (see above). Defaults to True.
         train_neck (bool): Train the image neck and the dense embedding (see above).
             Defaults to True.
-        state_norm (str, optional): ``'batch'`` to standardise the codebook hidden states over
-            the batch's targets before ``text_hidden_fcs`` (see above); None keeps the official
-            decoder. Defaults to None.
-        prompt_scale (float): Factor on the prompts out of ``text_hidden_fcs`` (see above).
-            Defaults to 1.0 (official).
         init_cfg (dict, optional): mmengine init config.
     """
 
@@ -83,18 +66,11 @@ class PixelDecoder(BasePixelDecoder):
                  num_mask_tokens: int = 4,
                  learn_fusion_weights: bool = True,
                  train_neck: bool = True,
-                 state_norm: Optional[str] = None,
-                 prompt_scale: float = 1.0,
                  init_cfg: Optional[Dict] = None) -> None:
         super().__init__(in_channels, feat_channels, grid_size, input_size, num_scales,
                          tokens_per_scale, init_cfg=init_cfg)
         if embed_dim % 8:
             raise ValueError(f'embed_dim must be a multiple of 8, got {embed_dim}')
-        if state_norm not in (None, 'batch'):
-            raise ValueError(f"state_norm must be None or 'batch', got {state_norm!r}")
-        self.state_norm = (nn.BatchNorm1d(in_channels * num_scales * tokens_per_scale,
-                                          affine=False) if state_norm == 'batch' else None)
-        self.prompt_scale = float(prompt_scale)
         self.embed_dim = embed_dim
         self.text_hidden_fcs = nn.Sequential(
             nn.Linear(in_channels, in_channels), nn.ReLU(inplace=True),
@@ -147,31 +123,15 @@ class PixelDecoder(BasePixelDecoder):
         """``(N, scales, tokens, in_channels)`` hidden states -> ``(N, scales, embed_dim)``."""
         if states.shape[1:3] != (self.num_scales, self.tokens_per_scale):
             self.check_codebook(states.shape[1], states.shape[2])
-        x = states.to(self.text_hidden_fcs[0].weight.dtype)
-        if self.state_norm is not None:
-            x = self._normalise_states(x)
-        x = self.text_hidden_fcs(x)
-        if self.prompt_scale != 1.0:
-            x = x * self.prompt_scale
+        x = self.text_prompts(states)
         return torch.einsum('nstc,t->nsc', x, self.token_fusion.to(x.dtype))
 
-    def _normalise_states(self, x: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
-        flat = x.reshape(n, -1).float()
-        bn = self.state_norm
-        # Batch statistics need two targets; a lone target in training uses the running ones.
-        use_batch = self.training and n > 1
-        # Statistics are kept and applied in float32, also in a bf16/fp16 model (the CPU kernel
-        # refuses half-precision statistics with float32 input).
-        mean, var = bn.running_mean.float(), bn.running_var.float()
-        out = F.batch_norm(flat, mean, var, None, None, training=use_batch,
-                           momentum=bn.momentum, eps=bn.eps)
-        if use_batch:
-            if mean.data_ptr() != bn.running_mean.data_ptr():
-                bn.running_mean.copy_(mean)
-                bn.running_var.copy_(var)
-            bn.num_batches_tracked += 1
-        return out.to(x.dtype).reshape(x.shape)
+    def text_prompts(self, states: torch.Tensor) -> torch.Tensor:
+        """``text_hidden_fcs`` on every codebook state: ``(N, scales, tokens, embed_dim)``.
+
+        A subclass that conditions the prompts differently overrides this step.
+        """
+        return self.text_hidden_fcs(states.to(self.text_hidden_fcs[0].weight.dtype))
 
     def _decode_level(self, feats: torch.Tensor, prompts: torch.Tensor, level: int,
                       previous: Optional[torch.Tensor]) -> torch.Tensor:

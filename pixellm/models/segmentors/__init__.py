@@ -1,4 +1,3 @@
-from .encoder_pretrainer import VisionEncoderPretrainer
 from .pixellm import PixelLM
 
-__all__ = ['PixelLM', 'VisionEncoderPretrainer']
+__all__ = ['PixelLM']

@@ -3,13 +3,15 @@ import copy
 import logging
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import inspect
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 from mmengine.logging import print_log
 from mmengine.model import BaseModel
 from mmengine.structures import InstanceData
 
-from pixellm.models.losses.grounding_loss import mask_grid_coverage
 from pixellm.registry import MODELS
 from pixellm.structures import PixelLMDataSample
 from pixellm.utils.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
@@ -53,14 +55,10 @@ class PixelLM(BaseModel):
         loss_lm (dict): Text loss, e.g. ``LMCrossEntropyLoss``.
         loss_mask (dict): Pixel loss, ``MaskBCELoss`` or ``TargetRefinementLoss``.
         loss_dice (dict): ``MaskDiceLoss``.
-        loss_context (dict, optional): An auxiliary loss on the codebook states, such as
-            ``CodebookContextLoss`` (not in the paper; for an LLM trained from random weights,
-            as in the offline demo). ``in_channels`` and ``vocab_size`` are filled in. None
-            (default) trains with the paper's losses only.
-        loss_grounding (dict, optional): An auxiliary loss pulling the LLM states before each
-            target's codebook tokens towards that target's image tokens, such as
-            ``GroundingLoss`` (not in the paper; for an LLM trained from random weights).
-            ``in_channels`` is filled in. Defaults to None.
+        aux_heads (list[dict], optional): Auxiliary heads (:class:`~pixellm.models.BaseAuxHead`
+            subclasses, none in the paper), each adding its own loss terms in training from the
+            teacher-forced outputs; ``in_channels`` and ``vocab_size`` are filled in where a
+            head takes them. None (default) trains with the paper's losses only.
         mask_projector (dict, optional): Projector of the decoder's features
             (``out_mm_projector``); used when ``separate_mm_projector``.
         separate_mm_projector (bool): Give the decoder its own projector (PixelLM-7B/13B). With
@@ -94,8 +92,7 @@ class PixelLM(BaseModel):
                  loss_lm: Optional[Dict] = None,
                  loss_mask: Optional[Dict] = None,
                  loss_dice: Optional[Dict] = None,
-                 loss_context: Optional[Dict] = None,
-                 loss_grounding: Optional[Dict] = None,
+                 aux_heads: Optional[Sequence[Dict]] = None,
                  mask_projector: Optional[Dict] = None,
                  separate_mm_projector: bool = True,
                  llm_image_grid: Optional[int] = 16,
@@ -165,10 +162,9 @@ class PixelLM(BaseModel):
         self.loss_lm = MODELS.build(loss_lm)
         self.loss_mask = MODELS.build(loss_mask)
         self.loss_dice = MODELS.build(loss_dice)
-        self.loss_context = None if loss_context is None else MODELS.build(
-            _fill(loss_context, in_channels=hidden, vocab_size=len(self.tokenizer)))
-        self.loss_grounding = None if loss_grounding is None else MODELS.build(
-            _fill(loss_grounding, in_channels=hidden))
+        self.aux_heads = nn.ModuleList(
+            self._build_aux_head(head, in_channels=hidden, vocab_size=len(self.tokenizer))
+            for head in (aux_heads or ()))
         self.llm_image_grid = llm_image_grid or encoder.grid_size
         self.mask_padded_image_tokens = mask_padded_image_tokens
         self.use_im_start_end = use_im_start_end
@@ -176,6 +172,23 @@ class PixelLM(BaseModel):
         self._warned_truncation = False
         self.sync_ranks = sync_ranks
         self._extend_vocabulary()
+
+    @staticmethod
+    def _build_aux_head(cfg: Dict, **derived):
+        """Build an auxiliary head, filling in the derived keys its ``__init__`` accepts."""
+        from pixellm.models.aux_heads import BaseAuxHead
+        head_cls = MODELS.get(cfg['type']) if isinstance(cfg.get('type'), str) else cfg.get('type')
+        if head_cls is None:
+            raise KeyError(f'aux_heads: {cfg.get("type")!r} is not a registered model component; '
+                           'register the head in pixellm.registry.MODELS (custom_imports)')
+        params = inspect.signature(head_cls.__init__).parameters
+        takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        accepted = {k: v for k, v in derived.items() if takes_any or k in params}
+        head = MODELS.build(_fill(cfg, **accepted))
+        if not isinstance(head, BaseAuxHead):
+            raise TypeError(f'aux_heads: {type(head).__name__} is not a BaseAuxHead; an auxiliary '
+                            'head implements loss(outputs, data_samples) -> dict of losses')
+        return head
 
     @staticmethod
     def _check_width(name, module, in_dim, out_dim) -> None:
@@ -363,7 +376,7 @@ class PixelLM(BaseModel):
                  for m, hw, s in zip(low_res, valid_hw, data_samples)]
         return dict(logits=out['logits'], labels=labels, mask_logits=masks, low_res=low_res,
                     input_ids=ids, codebook_positions=positions, codebook_states=states,
-                    hidden=out['hidden'])
+                    hidden=out['hidden'], valid_hw=valid_hw)
 
     def loss(self, inputs: torch.Tensor, data_samples: List[PixelLMDataSample]) -> Dict:
         """Teacher-forced text and mask losses, as separate terms."""
@@ -382,20 +395,18 @@ class PixelLM(BaseModel):
         losses[self.loss_lm.loss_name] = self.loss_lm(out['logits'], out['labels'])
         losses[self.loss_mask.loss_name] = self.loss_mask(out['mask_logits'], gts)
         losses[self.loss_dice.loss_name] = self.loss_dice(out['mask_logits'], gts)
-        # The auxiliary losses read text only: never a codebook token (of an earlier target) or
-        # padding.
-        ignore = torch.tensor(list(self.codebook.token_ids) + [self.pad_token_id],
-                              device=out['input_ids'].device)
-        first = [p[:, 0] for p in out['codebook_positions']]
-        if self.loss_context is not None:
-            losses[self.loss_context.loss_name] = self.loss_context(
-                out['codebook_states'], out['input_ids'], first, ignore)
-        if self.loss_grounding is not None:
-            size = inputs.shape[-1]
-            coverage = [mask_grid_coverage(gt, hw, size, self.llm_image_grid)
-                        for gt, hw in zip(gts, self._valid_hw(data_samples, size))]
-            losses[self.loss_grounding.loss_name] = self.loss_grounding(
-                out['hidden'], out['input_ids'], first, coverage, ignore)
+        if len(self.aux_heads):
+            out.update(gt_masks=gts, input_size=inputs.shape[-1],
+                       llm_image_grid=self.llm_image_grid,
+                       non_text_ids=torch.tensor(list(self.codebook.token_ids) +
+                                                 [self.pad_token_id],
+                                                 device=out['input_ids'].device))
+        for head in self.aux_heads:
+            for name, value in head.loss(out, data_samples).items():
+                if name in losses:
+                    raise ValueError(f'aux head {type(head).__name__} returns {name!r}, a loss '
+                                     'name already in use; give its losses other names')
+                losses[name] = value
         return losses
 
     @torch.no_grad()

@@ -3,7 +3,7 @@
 # evaluation, chat and DeepSpeed run as they would on the real checkpoints and data. The weights
 # come from make_random_weights.py (a LLaMA-7B-shaped folder with the shipped tokenizer padded to
 # LLaMA's 32000 ids, and a CLIP ViT-L/14-336 folder); the data from
-# tools/misc/generate_demo_data.py. See this project's README for the commands.
+# projects/pixellm_tiny_demo/tools/generate_demo_data.py. See this project's README for the commands.
 from mmengine.config import read_base
 
 with read_base():
@@ -11,7 +11,7 @@ with read_base():
     from ....configs.pixellm.pixellm_7b_lora_8xb2_ga10_5k_mix import *  # noqa: F401,F403
 
 weights_root = 'work_dirs/random_7b'    # make_random_weights.py --out
-muse_root = 'data/muse_demo'            # tools/misc/generate_demo_data.py --out
+muse_root = 'data/muse_demo'            # projects/pixellm_tiny_demo/tools/generate_demo_data.py --out
 llava_path = weights_root + '/llava'
 clip_path = weights_root + '/clip'
 

@@ -2,7 +2,7 @@
 from mmengine.config import read_base
 
 with read_base():
-    from ....configs.pixellm.pixellm_tiny_demo import *  # noqa: F401,F403
+    from ...pixellm_tiny_demo.configs.pixellm_tiny_demo import *  # noqa: F401,F403
 
 codebook = dict(type='SegCodebook', num_scales=2, tokens_per_scale=2)
 # Lazy configs copy imported dicts, so the codebook is replaced where the model and the two

@@ -4,7 +4,7 @@
 from mmengine.config import read_base
 
 with read_base():
-    from ....configs.pixellm.pixellm_tiny_demo import *  # noqa: F401,F403
+    from ....projects.pixellm_tiny_demo.configs.pixellm_tiny_demo import *  # noqa: F401,F403
 
 model.update(init_cfg=dict(type='Pretrained', checkpoint='set-by-cfg-options.pth'))  # noqa: F405
 val_dataloader = dict(

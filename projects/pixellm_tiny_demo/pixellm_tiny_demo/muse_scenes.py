@@ -270,7 +270,7 @@ _QUESTION_PATTERNS = dict(
 def question_kind(question: str) -> str:
     """The kind of a question this generator wrote: one of ``QUESTION_KINDS``.
 
-    For analysing a model's answers by kind (``tools/analysis/demo_answer_report.py``): the
+    For analysing a model's answers by kind (this project's ``tools/demo_answer_report.py``): the
     records keep MUSE's format, which has no field for it.
 
     Raises:
@@ -472,7 +472,7 @@ def generate_muse_scenes(out_dir: str,
     arguments is replaced; json files are
     written through a temporary file and ``os.replace``, and a completion marker is written last,
     so an interrupted run is never taken for a complete one. The defaults take about 10 s on one
-    CPU core (see the report of ``tools/misc/generate_demo_data.py``).
+    CPU core (see the report of this project's ``tools/generate_demo_data.py``).
 
     Args:
         out_dir (str): Output folder (created).

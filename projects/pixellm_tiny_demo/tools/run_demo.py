@@ -1,7 +1,7 @@
 """The offline demo behind ``make demo``: data, training, evaluation, overlays and baselines.
 
 Each step runs the user-facing tool in a subprocess, exactly as a user would type it:
-``generate_demo_data.py`` (skipped when the dataset is complete), ``tools/train.py`` twice (stage
+this project's ``generate_demo_data.py`` (skipped when the dataset is complete), ``tools/train.py`` twice (stage
 1 pre-trains the tiny CLIP tower on the training images' semantic maps,
 ``pixellm_tiny_demo_encoder.py``; stage 2 trains PixelLM from that tower, ``pixellm_tiny_demo.py``
 with ``model.vision_encoder.pretrained`` set), ``tools/test.py --show-dir`` and
@@ -16,9 +16,10 @@ import subprocess
 import sys
 import time
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-CONFIG = 'configs/pixellm/pixellm_tiny_demo.py'
-ENCODER_CONFIG = 'configs/pixellm/pixellm_tiny_demo_encoder.py'
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+PROJECT = 'projects/pixellm_tiny_demo'
+CONFIG = f'{PROJECT}/configs/pixellm_tiny_demo.py'
+ENCODER_CONFIG = f'{PROJECT}/configs/pixellm_tiny_demo_encoder.py'
 
 
 def run(step, cmd, timings):
@@ -40,7 +41,7 @@ def main():
     py = sys.executable
     work_dir = args.work_dir
     timings = {}
-    run('data', [py, 'tools/misc/generate_demo_data.py', '--out', args.data], timings)
+    run('data', [py, f'{PROJECT}/tools/generate_demo_data.py', '--out', args.data], timings)
     run('encoder', [py, 'tools/train.py', args.encoder_config, '--work-dir',
                     args.encoder_work_dir], timings)
     # Written by the stage-1 config's SaveVisionEncoderHook; absolute, as stage 2's saved config

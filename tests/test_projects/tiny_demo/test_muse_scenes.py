@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from pixellm.datasets import MUSEDataset
-from pixellm.datasets.synthetic import muse_scenes
-from pixellm.datasets.synthetic.muse_scenes import (COLOURS, QUESTION_KINDS, SHAPES,
+from projects.pixellm_tiny_demo.pixellm_tiny_demo import muse_scenes
+from projects.pixellm_tiny_demo.pixellm_tiny_demo.muse_scenes import (COLOURS, QUESTION_KINDS, SHAPES,
                                                     generate_muse_scenes, named_objects,
                                                     question_kind, uncompressed_rle)
 from pixellm.datasets.transforms.loading import decode_segmentation
@@ -222,8 +222,8 @@ def test_uncompressed_rle_round_trips():
 
 def test_cli_writes_and_reports(tmp_path, capsys):
     import importlib.util
-    tool = osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), 'tools',
-                    'misc', 'generate_demo_data.py')
+    repo = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+    tool = osp.join(repo, 'projects', 'pixellm_tiny_demo', 'tools', 'generate_demo_data.py')
     spec = importlib.util.spec_from_file_location('generate_demo_data', tool)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -4,12 +4,15 @@
 # one, and the random tower trained inside PixelLM learns colour but not shape (see
 # VisionEncoderPretrainer). At the end SaveVisionEncoderHook writes the tower as a Hugging Face
 # folder, `<work_dir>/vision_encoder`, which stage 2 loads with
-# `--cfg-options model.vision_encoder.pretrained=<that folder>` (tools/misc/run_demo.py does both).
+# `--cfg-options model.vision_encoder.pretrained=<that folder>` (tools/run_demo.py does both).
 from mmengine.config import read_base
 
 with read_base():
-    from .._base_.cpu_runtime import *  # noqa: F401,F403
-    from .._base_.models.pixellm_tiny import *  # noqa: F401,F403
+    from ....configs._base_.cpu_runtime import *  # noqa: F401,F403
+    from ....configs._base_.models.pixellm_tiny import *  # noqa: F401,F403
+
+custom_imports = dict(imports=['projects.pixellm_tiny_demo.pixellm_tiny_demo'],
+                      allow_failed_imports=False)
 
 data_root = 'data/muse_demo/'
 max_iters = 3000
@@ -17,13 +20,12 @@ batch_size = 8
 
 model = dict(
     type='VisionEncoderPretrainer',
-    # The same tower as the demo's PixelLM (its config), trained.
-    # No attention mask over padded patches, as in that probe.
+    # The same tower as the demo's PixelLM (its config), trained, with no attention mask over
+    # padded patches.
     vision_encoder=dict(model['vision_encoder'], frozen=False, mask_padding=False),  # noqa: F405
     # Label values: 0 (background) and the generated shapes' COCO-style category ids 1..5.
     num_classes=6,
-    # One class per patch, as the probe that gave the 0.595-0.632 runs (README); the default
-    # soft fractions gave 0.510 / 0.512.
+    # One class per patch (the patch's most frequent object class), not the soft fractions.
     target='majority')
 
 train_pipeline = [

@@ -1,28 +1,29 @@
-"""An auxiliary loss, not in the PixelLM paper: the states before a target point at its image.
+"""An auxiliary head, not in the PixelLM paper: the states before a target point at its image.
 
 The tiny demo LLM (random weights) names the right object for referring questions, whose words
 are in the question, but often not for questions that need the image ("Segment every diamond.":
 the answer must read the colour of each diamond off the image tokens). Linear probes read the
 colour and shape from those tokens; the LLM does not learn, within the demo's steps, to look them
-up. This loss asks for the look-up directly. With the shipped tiny tokenizer, "the red circle
+up. This head asks for the look-up directly. With the shipped tiny tokenizer, "the red circle
 [SEG0] ..." puts " the", " red", " circle" and a space before ``[SEG0]``; the states at those
 ``window`` positions predict the colour, the shape, the space and the first codebook token. At
 each of them a query projection of the LLM's last hidden state scores every image token (a key
 projection of its last hidden state), and the softmax over the image tokens is pulled towards
 the target's share of each image-token cell (cross-entropy). Positions that are not text of the
 answer -- image slots, codebook tokens of an earlier target, padding, before the sequence start
--- are left out, as in ``CodebookContextLoss``. Only the ground-truth masks are used; inference
+-- are left out, as in ``CodebookContextHead``. Only the ground-truth masks are used; inference
 does not run the projections (their weights are in the checkpoints).
 """
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pixellm.models.losses.codebook_context_loss import preceding_window
+from pixellm.models import BaseAuxHead
 from pixellm.registry import MODELS
+from .codebook_context_head import preceding_window
 
 
 def mask_grid_coverage(masks: Tensor, valid_hw: Tuple[int, int], size: int,
@@ -46,7 +47,7 @@ def mask_grid_coverage(masks: Tensor, valid_hw: Tuple[int, int], size: int,
 
 
 @MODELS.register_module()
-class GroundingLoss(nn.Module):
+class GroundingHead(BaseAuxHead):
     """Cross-entropy between the states' image-token scores and the target's mask coverage.
 
     The loss is the mean over every kept (target, position) pair; a target whose mask covers no
@@ -73,6 +74,24 @@ class GroundingLoss(nn.Module):
         self.window = window
         self.loss_weight = loss_weight
         self.loss_name = loss_name
+
+    def loss(self, outputs: Dict, data_samples: Sequence) -> Dict[str, Tensor]:
+        """The loss of a batch from PixelLM's teacher-forced outputs (``BaseAuxHead.loss``).
+
+        Args:
+            outputs (dict): ``hidden``, ``input_ids``, ``codebook_positions``, ``gt_masks``,
+                ``valid_hw``, ``input_size``, ``llm_image_grid`` and ``non_text_ids`` of
+                ``PixelLM``'s training step.
+            data_samples (Sequence): The batch's samples (not read).
+
+        Returns:
+            dict[str, Tensor]: ``{loss_name: loss}``.
+        """
+        first = [p[:, 0] for p in outputs['codebook_positions']]
+        coverage = [mask_grid_coverage(gt, hw, outputs['input_size'], outputs['llm_image_grid'])
+                    for gt, hw in zip(outputs['gt_masks'], outputs['valid_hw'])]
+        return {self.loss_name: self(outputs['hidden'], outputs['input_ids'], first, coverage,
+                                     outputs['non_text_ids'])}
 
     def forward(self, hidden: Tensor, input_ids: Tensor, first_positions: Sequence[Tensor],
                 coverage: Sequence[Tensor], ignore_ids: Optional[Tensor] = None) -> Tensor:
@@ -130,6 +149,28 @@ class GroundingLoss(nn.Module):
             total = total - ((logp * target[:, None]).sum(-1) * weight).sum()
             count = count + weight.sum()
         return self.loss_weight * total / count.clamp(min=1.0)
+
+    def step_flops(self, batch: int, num_targets: int, image_tokens: int,
+                   codebook_tokens: int) -> Dict[str, float]:
+        """FLOPs of one training step (for ``tools/analysis/benchmark.py``), forward and backward:
+        the key ``Linear`` on every sample's image tokens, the query ``Linear`` on ``window``
+        states per target, and their scores against every image token of the target's sample.
+
+        Args:
+            batch (int): Sequences in the step.
+            num_targets (int): Targets in the step.
+            image_tokens (int): Image tokens per sequence.
+            codebook_tokens (int): Codebook tokens per target (not used).
+
+        Returns:
+            dict[str, float]: ``grounding_head``.
+        """
+        c, e = self.query.in_features, self.query.out_features
+        rows = num_targets * self.window
+        linear = 2.0 * (batch * image_tokens + rows) * c * e
+        scores = 2.0 * rows * e * image_tokens
+        return dict(grounding_head=linear * (2 + int(self.query.weight.requires_grad)) +
+                    scores * 3)
 
     def extra_repr(self) -> str:
         return (f'window={self.window}, loss_weight={self.loss_weight}, '

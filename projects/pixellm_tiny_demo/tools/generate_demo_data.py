@@ -2,7 +2,7 @@
 
 Example::
 
-    python tools/misc/generate_demo_data.py --out data/muse_demo --num-train 1200 --num-val 150
+    python projects/pixellm_tiny_demo/tools/generate_demo_data.py --out data/muse_demo --num-train 1200 --num-val 150
 
 An existing complete dataset written with the same arguments is reused unless ``--overwrite``.
 The defaults (1200 train / 150 val images of 160-256 px) take about 10 s on one CPU core and
@@ -10,9 +10,15 @@ about 12 MB of disk.
 """
 import argparse
 import json
+import os.path as osp
+import sys
 import time
 
-from pixellm.datasets.synthetic.muse_scenes import generate_muse_scenes
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+from projects.pixellm_tiny_demo.pixellm_tiny_demo.muse_scenes import generate_muse_scenes  # noqa: E402,E501
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -1,4 +1,4 @@
-"""tools/analysis/demo_answer_report.py: naming by question kind, against hand counts and a run."""
+"""projects/pixellm_tiny_demo/tools/demo_answer_report.py: naming by question kind, against hand counts and a run."""
 import json
 import os.path as osp
 import subprocess
@@ -6,10 +6,11 @@ import sys
 
 import pytest
 
-from pixellm.datasets.synthetic import named_objects, question_kind
-from tools.analysis.demo_answer_report import answer_report
+from projects.pixellm_tiny_demo.pixellm_tiny_demo import named_objects, question_kind
+from projects.pixellm_tiny_demo.tools.demo_answer_report import answer_report
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+TOOL = 'projects/pixellm_tiny_demo/tools/demo_answer_report.py'
 
 
 def test_answer_report_counts_by_kind():
@@ -56,8 +57,7 @@ def test_answer_report_names_a_foreign_question():
 def test_report_of_a_trained_checkpoint_covers_every_val_question(trained_tiny, tmp_path):
     out = tmp_path / 'report.json'
     proc = subprocess.run(
-        [sys.executable, 'tools/analysis/demo_answer_report.py', trained_tiny['config'],
-         trained_tiny['checkpoint'], '--work-dir', str(tmp_path / 'work'), '--out', str(out),
+        [sys.executable, TOOL, trained_tiny['config'], trained_tiny['checkpoint'], '--work-dir', str(tmp_path / 'work'), '--out', str(out),
          '--cfg-options', *trained_tiny['cfg_options']],
         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -82,8 +82,7 @@ def test_report_of_a_trained_checkpoint_covers_every_val_question(trained_tiny, 
 
 def test_missing_checkpoint_is_one_clear_error(tmp_path):
     proc = subprocess.run(
-        [sys.executable, 'tools/analysis/demo_answer_report.py',
-         'configs/pixellm/pixellm_tiny_demo.py', str(tmp_path / 'none.pth')],
+        [sys.executable, TOOL, 'projects/pixellm_tiny_demo/configs/pixellm_tiny_demo.py', str(tmp_path / 'none.pth')],
         cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert 'none.pth' in proc.stderr and 'does not exist' in proc.stderr

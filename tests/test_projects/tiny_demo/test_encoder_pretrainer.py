@@ -13,14 +13,15 @@ from mmengine.dataset import pseudo_collate
 from pycocotools import mask as mask_utils
 
 from pixellm.datasets import DatasetFormatError, MUSEDataset
-from pixellm.datasets.transforms import PackPixelLMInputs, RenderSemanticMap
-from pixellm.models import CLIPVisionEncoder, VisionEncoderPretrainer
+from pixellm.datasets.transforms import PackPixelLMInputs
+from pixellm.models import CLIPVisionEncoder
 from pixellm.structures import PixelLMDataSample
+from projects.pixellm_tiny_demo.pixellm_tiny_demo import RenderSemanticMap, VisionEncoderPretrainer
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 TINY = osp.join(REPO, 'tests', 'data', 'muse_tiny')
-ENCODER_CFG = osp.join(REPO, 'configs', 'pixellm', 'pixellm_tiny_demo_encoder.py')
-DEMO_CFG = osp.join(REPO, 'configs', 'pixellm', 'pixellm_tiny_demo.py')
+ENCODER_CFG = osp.join(REPO, 'projects/pixellm_tiny_demo/configs/pixellm_tiny_demo_encoder.py')
+DEMO_CFG = osp.join(REPO, 'projects/pixellm_tiny_demo/configs/pixellm_tiny_demo.py')
 VCFG = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
             image_size=56, patch_size=14)
 
@@ -265,7 +266,7 @@ def test_save_pretrained_round_trips_and_a_mismatched_config_is_refused(tmp_path
 
 @pytest.fixture(scope='module')
 def scenes(tmp_path_factory):
-    from pixellm.datasets.synthetic import generate_muse_scenes
+    from projects.pixellm_tiny_demo.pixellm_tiny_demo import generate_muse_scenes
     root = str(tmp_path_factory.mktemp('stage1_scenes'))
     generate_muse_scenes(root, num_train=40, num_val=2, seed=2, max_size=160)
     return root

@@ -4,13 +4,13 @@ The demo's gIoU hangs on naming: a mask follows the object its answer names, so 
 names a wrong object scores 0 for that target however good the mask. This tool generates every
 answer of a config's test split (as ``tools/test.py`` does) and compares the objects each answer
 names ("the red circle") with the reference answer's, by the question kinds of the generator
-(``pixellm.datasets.synthetic.question_kind``): the share named exactly (the same objects, in any
+(:func:`question_kind` of this project's generator): the share named exactly (the same objects, in any
 order), and the misses that name a strict subset or superset of the targets. It also counts the
 colours named, which shows when a model names a favourite colour instead of reading it off the
 image.
 
-Usage: python tools/analysis/demo_answer_report.py CONFIG CHECKPOINT [--ann-file muse_train.json]
-       [--out report.json] [--cfg-options ...]
+Usage: python projects/pixellm_tiny_demo/tools/demo_answer_report.py CONFIG CHECKPOINT
+       [--ann-file muse_train.json] [--out report.json] [--cfg-options ...]
 """
 import argparse
 import collections
@@ -18,9 +18,12 @@ import json
 import os.path as osp
 import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
 
-from pixellm.datasets.synthetic import QUESTION_KINDS, named_objects, question_kind  # noqa: E402
+from projects.pixellm_tiny_demo.pixellm_tiny_demo import (QUESTION_KINDS, named_objects,  # noqa: E402
+                                                         question_kind)
 from pixellm.engine.checkpoint import atomic_write_text  # noqa: E402
 
 

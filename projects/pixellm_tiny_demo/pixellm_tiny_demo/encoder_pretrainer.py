@@ -30,12 +30,8 @@ class VisionEncoderPretrainer(BaseModel):
     patch. The loss is each patch's cross-entropy against a target taken from the class
     distribution of its pixels in the label map resized (nearest) to the resized image, leaving
     out the padding and ``ignore_index``: the distribution itself (``target='fractions'``) or one
-    class (``'majority'``, the demo's). With the PixelLM trained on top, the demo's val gIoU was
-    0.510 / 0.512 (seeds 0 / 1) after fractions and 0.648 (seed 0) after majority labels (with no
-    attention mask over the padding, too; both before the determinism fix of the README's
-    "Reproducibility"). A per-pixel loss on upsampled logits trained the same tower 3x slower on 2
-    CPU cores (50 ms against 15 ms a step). Predictions upsample the logits of the patches that
-    hold the image bilinearly to the original size.
+    class (``'majority'``, the demo's). Predictions upsample the logits of the patches that hold
+    the image bilinearly to the original size.
 
     Args:
         vision_encoder (dict): Config of the tower (``CLIPVisionEncoder``; set ``frozen=False``).
@@ -164,8 +160,7 @@ class VisionEncoderPretrainer(BaseModel):
     def majority(self, dist: torch.Tensor) -> torch.Tensor:
         """One-hot patch labels from class fractions: the most frequent object class where
         objects (classes other than 0) cover at least ``min_object_fraction`` of the patch's
-        labelled pixels, background otherwise. The recipe of the probe that first gave the demo a
-        shape-aware tower (see the README)."""
+        labelled pixels, background otherwise."""
         objects = dist[:, 1:]
         best = objects.argmax(1) + 1
         label = torch.where(objects.sum(1) >= self.min_object_fraction, best,

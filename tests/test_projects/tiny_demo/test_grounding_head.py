@@ -1,4 +1,4 @@
-"""GroundingLoss: the coverage it targets, its value, its empty case and its place in PixelLM."""
+"""GroundingHead: the coverage it targets, its value, its empty case and its place in PixelLM."""
 import math
 
 import numpy as np
@@ -6,8 +6,7 @@ import pytest
 import torch
 from conftest import assert_trains_llm_not_decoder, build_tiny, fit_loss_term, make_batch
 
-from pixellm.models.losses import GroundingLoss
-from pixellm.models.losses.grounding_loss import mask_grid_coverage
+from projects.pixellm_tiny_demo.pixellm_tiny_demo import GroundingHead, mask_grid_coverage
 
 
 def test_coverage_is_the_mask_share_of_each_image_token_cell():
@@ -28,7 +27,7 @@ def test_coverage_is_the_mask_share_of_each_image_token_cell():
 
 def test_value_matches_a_loop_over_kept_targets_and_positions():
     torch.manual_seed(0)
-    loss = GroundingLoss(in_channels=6, embed_dim=4, window=3, loss_weight=0.5)
+    loss = GroundingHead(in_channels=6, embed_dim=4, window=3, loss_weight=0.5)
     #                   0  1   2   3  4  5   6  7    8  9  10
     ids = torch.tensor([[1, -1, -1, -1, 5, 6, 20, 7, 20, 0, 0],
                         [-1, -1, -1, 8, 20, 3, 20, 0, 0, 0, 0]])
@@ -52,7 +51,7 @@ def test_value_matches_a_loop_over_kept_targets_and_positions():
 
 
 def test_nothing_kept_gives_a_zero_connected_to_the_states_and_both_projections():
-    loss = GroundingLoss(in_channels=4, window=2)
+    loss = GroundingHead(in_channels=4, window=2)
     hidden = torch.randn(2, 5, 4, requires_grad=True)
     ids = torch.tensor([[-1, -1, 3, 4, 9], [-1, -1, 0, 0, 0]])
     value = loss(hidden, ids, [torch.tensor([4]), torch.zeros(0, dtype=torch.long)],
@@ -65,10 +64,10 @@ def test_nothing_kept_gives_a_zero_connected_to_the_states_and_both_projections(
 
 
 def test_mismatched_inputs_and_bad_window_are_refused():
-    loss = GroundingLoss(in_channels=4, window=2)
+    loss = GroundingHead(in_channels=4, window=2)
     ids = torch.tensor([[-1, -1, 3, 4, 9]])
     with pytest.raises(ValueError, match='window must be at least 1'):
-        GroundingLoss(in_channels=4, window=0)
+        GroundingHead(in_channels=4, window=0)
     with pytest.raises(ValueError, match='2 position groups, 1 coverage groups'):
         loss(torch.zeros(1, 5, 4), ids, [torch.tensor([4])] * 2, [torch.zeros(1, 2)])
     with pytest.raises(ValueError, match=r'coverage of shape \(1, 3\) for 1 targets and 2 image'):
@@ -76,7 +75,7 @@ def test_mismatched_inputs_and_bad_window_are_refused():
 
 
 def test_pixellm_passes_its_image_slots_targets_and_their_coverage():
-    model = build_tiny(loss_grounding=dict(type='GroundingLoss'))
+    model = build_tiny(aux_heads=[dict(type='GroundingHead')])
     data = make_batch(model)  # 2, 0 and 1 targets
     # Sample 0: original 40 x 50, resized exactly 2x to 80 x 100; one block mask per target.
     masks = torch.zeros(2, 40, 50, dtype=torch.bool)
@@ -84,13 +83,13 @@ def test_pixellm_passes_its_image_slots_targets_and_their_coverage():
     masks[1, 22:40, 30:41] = True
     data['data_samples'][0].gt_instances.masks = masks
     seen = {}
-    forward = model.loss_grounding.forward
+    forward = model.aux_heads[0].forward
 
     def spy(*args):
         seen['args'] = args
         return forward(*args)
 
-    model.loss_grounding.forward = spy
+    model.aux_heads[0].forward = spy
     model(**data, mode='loss')
     hidden, ids, first, coverage, ignore = seen['args']
     grid = model.llm_image_grid
@@ -111,10 +110,10 @@ def test_pixellm_passes_its_image_slots_targets_and_their_coverage():
 
 
 def test_pixellm_adds_the_term_and_it_trains_the_llm():
-    assert build_tiny().loss_grounding is None
-    model = build_tiny(loss_grounding=dict(type='GroundingLoss', window=4))
+    assert len(build_tiny().aux_heads) == 0
+    model = build_tiny(aux_heads=[dict(type='GroundingHead', window=4)])
     # The width comes from the model.
-    assert model.loss_grounding.query.in_features == model.llm.hidden_size
+    assert model.aux_heads[0].query.in_features == model.llm.hidden_size
     data = make_batch(model, targets=(2, 1))
     value = model(**data, mode='loss')['loss_grounding']
     # Before training the scores are near uniform over the image tokens: the cross-entropy is
@@ -125,8 +124,8 @@ def test_pixellm_adds_the_term_and_it_trains_the_llm():
 
 def test_the_states_learn_to_point_at_their_target():
     """With the projections frozen, the loss can only fall if the LLM moves its states."""
-    model = build_tiny(loss_grounding=dict(type='GroundingLoss', window=4))
-    model.loss_grounding.requires_grad_(False)
+    model = build_tiny(aux_heads=[dict(type='GroundingHead', window=4)])
+    model.aux_heads[0].requires_grad_(False)
     data = make_batch(model, targets=(2, 1))
     # One block per target (random masks would cover every cell about equally).
     for sample in data['data_samples']:

@@ -1,4 +1,4 @@
-"""An auxiliary loss, not in the PixelLM paper: each codebook state names the words before it.
+"""An auxiliary head, not in the PixelLM paper: each codebook state names the words before it.
 
 PixelLM reads a target's mask from the LLM hidden states at its codebook tokens. A pretrained
 LLM (LLaVA) already carries the preceding words -- "the red circle" before the tokens -- into
@@ -6,22 +6,23 @@ those states. A randomly initialised LLM does not: the states that emit codebook
 pushed by the text loss towards "predict the next codebook token", so they look alike for every
 target, the pixel decoder cannot tell the targets apart, and it settles on one mask for all of
 them; only the mask loss can teach the LLM to carry the target into the states, and it gives no
-signal while the decoder ignores them. This loss gives that signal from the text alone: a linear
+signal while the decoder ignores them. This head gives that signal from the text alone: a linear
 head on every codebook state predicts each of the ``window`` tokens written just before the
 target's codebook tokens (a bag of words, so order does not matter). No label beyond the answer
 text is used, and inference does not run the head (its weights are in the checkpoints, so a
-checkpoint loads with the ``loss_context`` it was trained with).
+checkpoint loads with the ``aux_heads`` it was trained with).
 
 The window counts tokens, whatever they are: with the shipped tiny tokenizer, "the red circle
 [SEG0] ..." puts a space token before ``[SEG0]``, so the 4 context tokens are the space,
 "circle", "red" and "the"; the space and "the" are the same for every target.
 """
-from typing import Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pixellm.models import BaseAuxHead
 from pixellm.registry import MODELS
 
 
@@ -70,7 +71,7 @@ def preceding_tokens(input_ids: Tensor, first_positions: Tensor, window: int,
 
 
 @MODELS.register_module()
-class CodebookContextLoss(nn.Module):
+class CodebookContextHead(BaseAuxHead):
     """Cross-entropy of a linear head on the codebook states against the words before the target.
 
     For a target whose codebook tokens start at position ``p``, the context is the tokens at
@@ -97,6 +98,21 @@ class CodebookContextLoss(nn.Module):
         self.window = window
         self.loss_weight = loss_weight
         self.loss_name = loss_name
+
+    def loss(self, outputs: Dict, data_samples: Sequence) -> Dict[str, Tensor]:
+        """The loss of a batch from PixelLM's teacher-forced outputs (``BaseAuxHead.loss``).
+
+        Args:
+            outputs (dict): ``codebook_states``, ``input_ids``, ``codebook_positions`` and
+                ``non_text_ids`` of ``PixelLM``'s training step.
+            data_samples (Sequence): The batch's samples (not read).
+
+        Returns:
+            dict[str, Tensor]: ``{loss_name: loss}``.
+        """
+        first = [p[:, 0] for p in outputs['codebook_positions']]
+        return {self.loss_name: self(outputs['codebook_states'], outputs['input_ids'], first,
+                                     outputs['non_text_ids'])}
 
     def forward(self, states: Sequence[Tensor], input_ids: Tensor,
                 first_positions: Sequence[Tensor], ignore_ids: Optional[Tensor] = None) -> Tensor:
@@ -136,6 +152,25 @@ class CodebookContextLoss(nn.Module):
         picked = log_probs.gather(-1, index)
         weight = valid[:, None, :].expand_as(picked).to(picked.dtype)
         return self.loss_weight * -(picked * weight).sum() / weight.sum()
+
+    def step_flops(self, batch: int, num_targets: int, image_tokens: int,
+                   codebook_tokens: int) -> Dict[str, float]:
+        """FLOPs of one training step (for ``tools/analysis/benchmark.py``): the ``Linear`` on
+        every codebook state, forward and backward (input and, when trained, weight gradients).
+
+        Args:
+            batch (int): Sequences in the step (not used: the head reads targets only).
+            num_targets (int): Targets in the step.
+            image_tokens (int): Image tokens per sequence (not used).
+            codebook_tokens (int): Codebook tokens per target.
+
+        Returns:
+            dict[str, float]: ``context_head``.
+        """
+        rows = num_targets * codebook_tokens
+        passes = 2 + int(self.head.weight.requires_grad)
+        return dict(context_head=2.0 * rows * self.head.in_features * self.head.out_features *
+                    passes)
 
     def extra_repr(self) -> str:
         return f'window={self.window}, loss_weight={self.loss_weight}, loss_name={self.loss_name!r}'

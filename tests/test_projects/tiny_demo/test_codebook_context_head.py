@@ -1,11 +1,10 @@
-"""CodebookContextLoss: the context it reads, its value, its empty case and its place in PixelLM."""
+"""CodebookContextHead: the context it reads, its value, its empty case and its place in PixelLM."""
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import assert_trains_llm_not_decoder, build_tiny, fit_loss_term, make_batch
 
-from pixellm.models.losses import CodebookContextLoss
-from pixellm.models.losses.codebook_context_loss import preceding_tokens
+from projects.pixellm_tiny_demo.pixellm_tiny_demo import CodebookContextHead, preceding_tokens
 
 SEG = (100, 101)  # two codebook ids in the hand-made sequences
 
@@ -26,7 +25,7 @@ def test_preceding_tokens_skips_image_slots_codebook_tokens_and_the_sequence_sta
 
 def test_value_matches_a_loop_over_states_and_context_tokens():
     torch.manual_seed(0)
-    loss = CodebookContextLoss(in_channels=6, vocab_size=12, window=3, loss_weight=0.5)
+    loss = CodebookContextHead(in_channels=6, vocab_size=12, window=3, loss_weight=0.5)
     ids = torch.tensor([[1, 3, 4, 10, 11, 5, 10, 11, 0],
                         [2, -1, 6, 7, 10, 11, 0, 0, 0]])
     states = [torch.randn(2, 1, 2, 6), torch.randn(1, 1, 2, 6)]
@@ -46,7 +45,7 @@ def test_value_matches_a_loop_over_states_and_context_tokens():
 
 
 def test_no_context_gives_a_connected_zero():
-    loss = CodebookContextLoss(in_channels=4, vocab_size=8, window=2)
+    loss = CodebookContextHead(in_channels=4, vocab_size=8, window=2)
     states = [torch.randn(1, 1, 1, 4, requires_grad=True), torch.zeros(0, 1, 1, 4)]
     ids = torch.tensor([[5, 6], [1, 2]])
     value = loss(states, ids, [torch.tensor([0]), torch.zeros(0, dtype=torch.long)])
@@ -57,21 +56,21 @@ def test_no_context_gives_a_connected_zero():
 
 
 def test_mismatched_inputs_and_bad_window_are_refused():
-    loss = CodebookContextLoss(in_channels=4, vocab_size=8)
+    loss = CodebookContextHead(in_channels=4, vocab_size=8)
     with pytest.raises(ValueError, match='2 state groups, 1 position groups and 2 sequences'):
         loss([torch.zeros(0, 1, 1, 4)] * 2, torch.zeros(2, 3, dtype=torch.long),
              [torch.zeros(0, dtype=torch.long)])
     with pytest.raises(ValueError, match='window must be at least 1'):
-        CodebookContextLoss(in_channels=4, vocab_size=8, window=0)
+        CodebookContextHead(in_channels=4, vocab_size=8, window=0)
 
 
 def test_pixellm_adds_the_term_and_it_trains_the_llm():
     plain = build_tiny()
-    assert plain.loss_context is None
+    assert len(plain.aux_heads) == 0
     assert 'loss_codebook_context' not in plain(**make_batch(plain), mode='loss')
 
-    model = build_tiny(loss_context=dict(type='CodebookContextLoss', window=4))
-    head = model.loss_context.head
+    model = build_tiny(aux_heads=[dict(type='CodebookContextHead', window=4)])
+    head = model.aux_heads[0].head
     # Widths come from the model: LLM width in, whole tokenizer (with codebook tokens) out.
     assert (head.in_features, head.out_features) == (model.llm.hidden_size, len(model.tokenizer))
     losses = model(**make_batch(model), mode='loss')
@@ -84,7 +83,7 @@ def test_pixellm_adds_the_term_and_it_trains_the_llm():
 def test_context_is_the_text_just_before_each_target_in_a_real_batch():
     """On the model's own spliced sequences (image slots inside), each target's context decodes
     to the end of the text written before its first codebook token."""
-    model = build_tiny(loss_context=dict(type='CodebookContextLoss', window=4))
+    model = build_tiny(aux_heads=[dict(type='CodebookContextHead', window=4)])
     with torch.no_grad():
         out = model(**make_batch(model, targets=(2, 1)), mode='tensor')
     ignore = torch.tensor(list(model.codebook.token_ids) + [model.pad_token_id])
@@ -110,8 +109,8 @@ def test_context_is_the_text_just_before_each_target_in_a_real_batch():
 
 def test_the_states_learn_the_words_before_their_target():
     """With the head frozen, the loss can only fall if the LLM moves the codebook states."""
-    model = build_tiny(loss_context=dict(type='CodebookContextLoss', window=4))
-    model.loss_context.head.requires_grad_(False)
+    model = build_tiny(aux_heads=[dict(type='CodebookContextHead', window=4)])
+    model.aux_heads[0].head.requires_grad_(False)
     data = make_batch(model, targets=(2, 1))
     params = [p for p in model.llm.parameters() if p.requires_grad]
     first, last = fit_loss_term(model, data, 'loss_codebook_context', params)
