@@ -395,6 +395,7 @@ def test_fsdp_on_two_gloo_processes_trains_like_one_process(tmp_path, single_pro
 def test_fsdp_needs_a_launcher_and_excludes_deepspeed(tmp_path):
     from pixellm.engine.fsdp import apply_fsdp, layer_wrap_policy
     cfg = _train_cfg()
+    cfg.model = dict(type='PixelLM', llm=dict(type='HFCausalLM', llm_config=dict()))
     cfg.launcher = 'none'
     with pytest.raises(ValueError, match='tools/dist_train.sh CONFIG GPUS --fsdp'):
         apply_fsdp(cfg)
@@ -406,8 +407,10 @@ def test_fsdp_needs_a_launcher_and_excludes_deepspeed(tmp_path):
     layer = transformers.models.llama.modeling_llama.LlamaDecoderLayer(
         transformers.LlamaConfig(hidden_size=8, intermediate_size=16, num_attention_heads=2,
                                  num_key_value_heads=2), 0)
-    assert layer_wrap_policy(layer, False, 0) and not layer_wrap_policy(torch.nn.Linear(2, 2),
-                                                                      False, 0)
+    layer_classes = cfg.strategy.model_wrapper.auto_wrap_policy.layer_classes
+    assert layer_classes == ['LlamaDecoderLayer']
+    assert layer_wrap_policy(layer, False, 0, layer_classes=layer_classes)
+    assert not layer_wrap_policy(torch.nn.Linear(2, 2), False, 0, layer_classes=layer_classes)
     proc = subprocess.run([sys.executable, 'tools/train.py', TOY_DIST, '--fsdp', '--deepspeed',
                            'zero2'], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and 'choose one' in proc.stderr
