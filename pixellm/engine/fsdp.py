@@ -112,7 +112,7 @@ def apply_fsdp(cfg: Config) -> List[str]:
                          f'{type_name(cfg.strategy.get("type"))}; use one of them.')
     declared = declared_block_classes(cfg.get('model'))
     if not declared:
-        components = ', '.join(f'{key}: {type_name(node["type"])}'
+        components = ', '.join(f'{type_name(node["type"])} ({key})'
                                for key, node in _typed_dicts(cfg.get('model'), 'model'))
         raise ValueError(
             f'--fsdp: no component of the model declares the transformer blocks FSDP should '
@@ -128,6 +128,7 @@ def apply_fsdp(cfg: Config) -> List[str]:
                         state_dict_cfg='full')
     if cfg.get('env_cfg') is None:
         cfg.env_cfg = dict(dist_cfg=dict(backend='nccl'))
-    sources = ', '.join(f'{key}: {name}' for key, name, _ in declared)
+    sources = ', '.join(f'{name} ({key})' for key, name, _ in declared)
     return [f'runner: FlexibleRunner with FSDPStrategy (FULL_SHARD, one unit per '
-            f'{"/".join(layer_classes)} as declared by {sources}, full-state-dict checkpoints)']
+            f'{"/".join(layer_classes)}, full-state-dict checkpoints); blocks declared by '
+            f'{sources}']
