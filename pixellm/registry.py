@@ -1,9 +1,9 @@
 """Registries of pixellm: children of mmengine's roots, resolved under ``default_scope='pixellm'``.
 
 Every component kind (vision encoders, LLM backbones, projectors, codebooks, pixel decoders, losses,
-models, datasets, transforms, metrics, hooks, tokenizers) is built from a config ``dict(type=...)``
-through one of these registries. ``locations`` lets mmengine import the modules that register the
-classes on first use, so a config never needs a manual import.
+models, datasets, transforms, metrics, hooks, tokenizers, runner strategies) is built from a config
+``dict(type=...)`` through one of these registries. ``locations`` lets mmengine import the modules
+that register the classes on first use, so a config never needs a manual import.
 
 An unknown ``type`` raises a ``KeyError`` that names the registry, the scope and the closest
 registered names, instead of mmengine's bare "not in the registry" message.
@@ -25,6 +25,7 @@ from mmengine.registry import OPTIM_WRAPPERS as MMENGINE_OPTIM_WRAPPERS
 from mmengine.registry import OPTIMIZERS as MMENGINE_OPTIMIZERS
 from mmengine.registry import PARAM_SCHEDULERS as MMENGINE_PARAM_SCHEDULERS
 from mmengine.registry import RUNNERS as MMENGINE_RUNNERS
+from mmengine.registry import STRATEGIES as MMENGINE_STRATEGIES
 from mmengine.registry import TRANSFORMS as MMENGINE_TRANSFORMS
 from mmengine.registry import VISBACKENDS as MMENGINE_VISBACKENDS
 from mmengine.registry import VISUALIZERS as MMENGINE_VISUALIZERS
@@ -107,6 +108,9 @@ EVALUATOR = _child('evaluator', MMENGINE_EVALUATOR, 'pixellm.evaluation')
 HOOKS = _child('hook', MMENGINE_HOOKS, 'pixellm.engine')
 LOOPS = _child('loop', MMENGINE_LOOPS, 'pixellm.engine')
 RUNNERS = _child('runner', MMENGINE_RUNNERS, 'pixellm.engine')
+# FlexibleRunner builds its strategy before it sets the config's default_scope: a pixellm
+# strategy is named with _scope_='pixellm' unless that scope is already current.
+STRATEGIES = _child('strategy', MMENGINE_STRATEGIES, 'pixellm.engine')
 LOG_PROCESSORS = _child('log processor', MMENGINE_LOG_PROCESSORS, 'pixellm.engine')
 OPTIMIZERS = _child('optimizer', MMENGINE_OPTIMIZERS, 'pixellm.engine')
 OPTIM_WRAPPERS = _child('optim wrapper', MMENGINE_OPTIM_WRAPPERS, 'pixellm.engine')

@@ -57,7 +57,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         '--fsdp', action='store_true',
         help='train with PyTorch FSDP through mmengine\'s FlexibleRunner (parameters, gradients '
-        'and optimizer states sharded; one unit per transformer block). Needs a launcher')
+        'and optimizer states sharded; one unit per transformer block the model\'s components '
+        'declare). Needs a launcher')
     add_common_arguments(parser)
     args = parser.parse_args(argv)
     if args.fsdp and args.deepspeed:

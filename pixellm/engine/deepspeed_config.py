@@ -1,6 +1,6 @@
 """``--deepspeed``: a shipped (or the user's) DeepSpeed JSON, filled in from the config's
 optimizer wrapper and batch settings, and the config switched to ``FlexibleRunner`` with
-``DeepSpeedStrategy``."""
+:class:`~pixellm.engine.strategies.PixelLMDeepSpeedStrategy`."""
 import copy
 import json
 import os
@@ -156,14 +156,15 @@ def resolve_deepspeed_config(ds_config: dict, *, micro_batch_size: int, accumula
 
 
 def apply_deepspeed(cfg: Config, name: str) -> List[str]:
-    """Train with DeepSpeed (``--deepspeed NAME``): ``FlexibleRunner`` + ``DeepSpeedStrategy``.
+    """Train with DeepSpeed (``--deepspeed NAME``): ``FlexibleRunner`` with DeepSpeed.
 
     The DeepSpeed JSON's ``"auto"`` values are filled from the config (see
     :func:`resolve_deepspeed_config`): micro-batch from ``train_dataloader.batch_size``,
     accumulation from ``optim_wrapper.accumulative_counts``, clipping from
     ``optim_wrapper.clip_grad`` and bf16 from an ``AmpOptimWrapper`` with ``dtype='bfloat16'``.
     ``optim_wrapper`` becomes ``DeepSpeedOptimWrapper`` around the same optimizer (DeepSpeed then
-    accumulates, clips and casts), and ``runner_type``/``strategy`` are set.
+    accumulates, clips and casts), and ``runner_type``/``strategy`` are set (``strategy`` is
+    :class:`~pixellm.engine.strategies.PixelLMDeepSpeedStrategy`).
 
     Args:
         cfg (Config): The config after the command-line overrides, edited in place.
@@ -215,15 +216,15 @@ def apply_deepspeed(cfg: Config, name: str) -> List[str]:
                              **{k: optim_wrapper[k] for k in _DEEPSPEED_KEPT_KEYS
                                 if k in optim_wrapper})
     cfg.runner_type = 'FlexibleRunner'
-    # pixellm has no strategy registry; _scope_ spares mmengine's "failed to search" warning.
-    cfg.strategy = dict(type='DeepSpeedStrategy', _scope_='mmengine', config=ds_config)
+    # FlexibleRunner builds the strategy before it sets the config's default scope.
+    cfg.strategy = dict(type='PixelLMDeepSpeedStrategy', _scope_='pixellm', config=ds_config)
     if cfg.get('env_cfg') is None:
         # FlexibleRunner.from_cfg passes cfg.get('env_cfg') through and fails on None, where
         # Runner falls back to its default.
         cfg.env_cfg = dict(dist_cfg=dict(backend='nccl'))
     zero = ds_config.get('zero_optimization', {})
     return [
-        f'runner: FlexibleRunner with DeepSpeedStrategy ({path}: ZeRO stage '
+        f'runner: FlexibleRunner with PixelLMDeepSpeedStrategy ({path}: ZeRO stage '
         f'{zero.get("stage", 0)}, micro-batch {ds_config["train_micro_batch_size_per_gpu"]}, '
         f'accumulation {ds_config["gradient_accumulation_steps"]}, gradient clipping '
         f'{ds_config["gradient_clipping"]}, {precision})',

@@ -10,53 +10,15 @@ test that fails when the upstream code it relies on changes
    ``mmengine.runner.CheckpointLoader`` becomes :func:`~pixellm.engine.load_checkpoint_safely`
    (allow-listed ``weights_only`` unpickling), through mmengine's public ``register_scheme``, so
    ``load_from`` and ``--resume`` can run no code from a checkpoint.
-2. **DeepSpeed without 1-bit Adam.** ``DeepSpeedStrategy.__init__`` ends with the module-level
-   ``mmengine._strategy.deepspeed.register_deepspeed_optimizers()``, which imports ``OnebitAdam``,
-   ``OnebitLamb`` and ``ZeroOneAdam`` from ``deepspeed.runtime.fp16.onebit``. DeepSpeed removed
-   them (deepspeedai/DeepSpeed#8490), so with deepspeed 0.19.8 every ``DeepSpeedStrategy`` fails
-   with ``ModuleNotFoundError``. That function is replaced by
-   :func:`register_available_deepspeed_optimizers`.
-3. **FSDP wrap policy by name.** ``pixellm_layer_wrap_policy`` (one FSDP unit per transformer
+2. **FSDP wrap policy by name.** ``pixellm_layer_wrap_policy`` (one FSDP unit per transformer
    block, :func:`pixellm.engine.fsdp.layer_wrap_policy`) is registered in mmengine's
    ``FUNCTIONS``, where ``FSDPStrategy`` looks ``auto_wrap_policy`` up.
 
 :func:`pixellm.utils.config.package_folders` (absolute base imports of configs) is the one other
-such change; it holds only while :func:`pixellm.utils.load_config` parses a file.
+such change; it holds only while :func:`pixellm.utils.load_config` parses a file. DeepSpeed needs
+none: ``--deepspeed`` builds pixellm's own subclass of mmengine's strategy
+(:class:`pixellm.engine.strategies.PixelLMDeepSpeedStrategy`).
 """
-import importlib
-from typing import List
-
-from mmengine.registry import OPTIMIZERS
-
-# mmengine 0.10.7's list, in its order.
-_DEEPSPEED_OPTIMIZERS = (
-    ('deepspeed.ops.adam', 'DeepSpeedCPUAdam'),
-    ('deepspeed.ops.adam', 'FusedAdam'),
-    ('deepspeed.ops.lamb', 'FusedLamb'),
-    ('deepspeed.runtime.fp16.onebit', 'OnebitAdam'),
-    ('deepspeed.runtime.fp16.onebit', 'OnebitLamb'),
-    ('deepspeed.runtime.fp16.onebit', 'ZeroOneAdam'),
-)
-
-
-def register_available_deepspeed_optimizers() -> List[str]:
-    """Register in mmengine's ``OPTIMIZERS`` those of mmengine's DeepSpeed optimizers that exist.
-
-    Returns:
-        list[str]: The registered names (empty without DeepSpeed).
-    """
-    names = []
-    for module_name, name in _DEEPSPEED_OPTIMIZERS:
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            continue
-        optimizer = getattr(module, name, None)
-        if optimizer is not None:
-            # force: every DeepSpeedStrategy registers them again.
-            OPTIMIZERS.register_module(module=optimizer, force=True)
-            names.append(name)
-    return names
 
 
 def install_safe_checkpoint_loader() -> None:
@@ -65,15 +27,6 @@ def install_safe_checkpoint_loader() -> None:
 
     from .checkpoint import _load_from_local
     CheckpointLoader.register_scheme(prefixes='', loader=_load_from_local, force=True)
-
-
-def install_deepspeed_compat() -> None:
-    """Make ``DeepSpeedStrategy`` register only the DeepSpeed optimizers that exist; idempotent."""
-    try:
-        from mmengine._strategy import deepspeed as mmengine_deepspeed
-    except ImportError:
-        return
-    mmengine_deepspeed.register_deepspeed_optimizers = register_available_deepspeed_optimizers
 
 
 def register_fsdp_wrap_policy() -> None:
@@ -86,7 +39,6 @@ def register_fsdp_wrap_policy() -> None:
 
 
 def install_mmengine_fixes() -> None:
-    """Install the three changes listed in the module docstring; safe to call repeatedly."""
+    """Install the two changes listed in the module docstring; safe to call repeatedly."""
     install_safe_checkpoint_loader()
-    install_deepspeed_compat()
     register_fsdp_wrap_policy()

@@ -57,12 +57,9 @@ def padded_tokenizer(vocab_size: int, model_max_length: int):
 
 def write_llm(llm_cfg, tokenizer_cfg, out: str, device: str) -> int:
     """Save a random ``*ForCausalLM`` of ``llm_cfg['llm_config']`` and its tokenizer to ``out``."""
-    import transformers
-
-    from pixellm.models.llms.causal_lm import _ARCHITECTURES
+    from pixellm.models.llms.causal_lm import _architecture
     cfg = dict(llm_cfg['llm_config'])
-    model_type = cfg.pop('model_type', 'llama')
-    config_cls, model_cls = (getattr(transformers, n) for n in _ARCHITECTURES[model_type])
+    config_cls, model_cls = _architecture(cfg.pop('model_type', 'llama'))
     dtype = llm_cfg.get('torch_dtype')
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else (dtype or torch.float32)
     with torch.device(device):

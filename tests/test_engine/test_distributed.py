@@ -14,7 +14,7 @@ import torch
 from conftest import load_tool
 from mmengine.config import Config
 
-from pixellm.engine import load_checkpoint_safely, register_available_deepspeed_optimizers
+from pixellm.engine import load_checkpoint_safely
 from pixellm.engine.deepspeed_config import (apply_deepspeed, deepspeed_config_names,
                                              resolve_deepspeed_config)
 from pixellm.engine.distributed import prepare_cpu_distributed
@@ -54,7 +54,7 @@ def test_7b_recipe_becomes_flexible_runner_with_zero2_from_its_own_settings():
     notes = apply_deepspeed(cfg, 'zero2')
 
     assert cfg.runner_type == 'FlexibleRunner'
-    assert cfg.strategy.type == 'DeepSpeedStrategy'
+    assert cfg.strategy.type == 'PixelLMDeepSpeedStrategy'
     ds = cfg.strategy.config
     # batch_size=2 per GPU, accumulative_counts=10, clip_grad max_norm=1.0, bf16 AmpOptimWrapper.
     assert ds['train_micro_batch_size_per_gpu'] == 2
@@ -151,23 +151,6 @@ def test_train_without_launcher_exits_pointing_to_dist_train(tmp_path):
         train.main([TOY_DIST, '--work-dir', str(tmp_path), '--deepspeed', 'zero2'])
     assert 'needs a distributed launcher' in str(err.value)
     assert 'tools/dist_train.sh CONFIG GPUS --deepspeed zero2' in str(err.value)
-
-
-def test_deepspeed_strategy_registers_only_optimizers_deepspeed_still_has(tmp_path):
-    from mmengine._strategy import deepspeed as mmengine_deepspeed
-    from mmengine.registry import OPTIMIZERS
-
-    from pixellm.engine import install_mmengine_fixes
-    install_mmengine_fixes()
-    # mmengine 0.10.7 also imports 1-bit Adam, which DeepSpeed 0.19 no longer has.
-    assert mmengine_deepspeed.register_deepspeed_optimizers is \
-        register_available_deepspeed_optimizers
-    names = register_available_deepspeed_optimizers()
-    assert {'DeepSpeedCPUAdam', 'FusedAdam', 'FusedLamb'} <= set(names)
-    assert OPTIMIZERS.get('FusedAdam').__module__.startswith('deepspeed.')
-    strategy = mmengine_deepspeed.DeepSpeedStrategy(
-        config=dict(zero_optimization=dict(stage=2)), work_dir=str(tmp_path))
-    assert strategy.config['zero_optimization'] == dict(stage=2)
 
 
 def test_cpu_preparation_leaves_single_process_configs_alone():
@@ -412,6 +395,7 @@ def test_fsdp_on_two_gloo_processes_trains_like_one_process(tmp_path, single_pro
 def test_fsdp_needs_a_launcher_and_excludes_deepspeed(tmp_path):
     from pixellm.engine.fsdp import apply_fsdp, layer_wrap_policy
     cfg = _train_cfg()
+    cfg.model = dict(type='PixelLM', llm=dict(type='HFCausalLM', llm_config=dict()))
     cfg.launcher = 'none'
     with pytest.raises(ValueError, match='tools/dist_train.sh CONFIG GPUS --fsdp'):
         apply_fsdp(cfg)
@@ -423,8 +407,10 @@ def test_fsdp_needs_a_launcher_and_excludes_deepspeed(tmp_path):
     layer = transformers.models.llama.modeling_llama.LlamaDecoderLayer(
         transformers.LlamaConfig(hidden_size=8, intermediate_size=16, num_attention_heads=2,
                                  num_key_value_heads=2), 0)
-    assert layer_wrap_policy(layer, False, 0) and not layer_wrap_policy(torch.nn.Linear(2, 2),
-                                                                      False, 0)
+    layer_classes = cfg.strategy.model_wrapper.auto_wrap_policy.layer_classes
+    assert layer_classes == ['LlamaDecoderLayer']
+    assert layer_wrap_policy(layer, False, 0, layer_classes=layer_classes)
+    assert not layer_wrap_policy(torch.nn.Linear(2, 2), False, 0, layer_classes=layer_classes)
     proc = subprocess.run([sys.executable, 'tools/train.py', TOY_DIST, '--fsdp', '--deepspeed',
                            'zero2'], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and 'choose one' in proc.stderr

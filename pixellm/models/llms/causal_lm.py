@@ -1,7 +1,7 @@
 """A transformers causal LM (LLaMA family) as PixelLM's language backbone, with LoRA and new token rows."""
 import importlib.util
 import inspect
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +16,16 @@ _ARCHITECTURES = {
     'mistral': ('MistralConfig', 'MistralForCausalLM'),
     'qwen2': ('Qwen2Config', 'Qwen2ForCausalLM'),
 }
+
+
+def _architecture(model_type: str) -> Tuple[type, type]:
+    """The transformers config and ``*ForCausalLM`` classes of ``llm_config['model_type']``."""
+    import transformers
+    if model_type not in _ARCHITECTURES:
+        raise ValueError(f'unknown llm_config model_type {model_type!r}; known: '
+                         f'{sorted(_ARCHITECTURES)}')
+    config_name, model_name = _ARCHITECTURES[model_type]
+    return getattr(transformers, config_name), getattr(transformers, model_name)
 
 
 def _resolve_dtype(dtype):
@@ -188,16 +198,11 @@ class HFCausalLM(BaseModule):
                  quantization: Optional[str] = None,
                  init_cfg: Optional[Dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
-        import transformers
         dtype = _resolve_dtype(torch_dtype)
         attn_implementation = resolve_attn_implementation(attn_implementation)
         load_kwargs = bitsandbytes_load_kwargs(quantization, pretrained, dtype)
         cfg = dict(llm_config or {})
-        model_type = cfg.pop('model_type', 'llama')
-        if model_type not in _ARCHITECTURES:
-            raise ValueError(f'unknown llm_config model_type {model_type!r}; known: '
-                             f'{sorted(_ARCHITECTURES)}')
-        config_cls, model_cls = (getattr(transformers, n) for n in _ARCHITECTURES[model_type])
+        config_cls, model_cls = _architecture(cfg.pop('model_type', 'llama'))
         if pretrained is not None:
             # The architecture class comes from llm_config, not from the checkpoint's config:
             # LLaVA v1 checkpoints say model_type="llava", which transformers maps to its own
@@ -244,6 +249,28 @@ class HFCausalLM(BaseModule):
         # dtype, because mmengine's optimizer keeps no fp32 master copy of bf16 parameters.
         self.new_embed = nn.Parameter(added_embed)
         self.new_head = nn.Parameter(added_head)
+
+    @classmethod
+    def fsdp_block_classes(cls, cfg: Dict) -> Tuple[str, ...]:
+        """The transformer block classes of the LLM ``cfg`` builds; FSDP wraps each one.
+
+        Read from the transformers class that ``llm_config['model_type']`` names (its
+        ``_no_split_modules``), without building the model. :func:`pixellm.engine.fsdp.apply_fsdp`
+        calls it for ``--fsdp``.
+
+        Args:
+            cfg (dict): This component's config, e.g. ``dict(type='HFCausalLM',
+                llm_config=dict(model_type='qwen2', ...))``.
+
+        Returns:
+            tuple[str]: Class names, e.g. ``('LlamaDecoderLayer',)``.
+
+        Raises:
+            ValueError: Unknown ``model_type``.
+        """
+        model_type = dict(cfg.get('llm_config') or {}).get('model_type', 'llama')
+        _, model_cls = _architecture(model_type)
+        return tuple(model_cls._no_split_modules or ())
 
     def _unfreeze_token_tables(self) -> None:
         """Make the embedding table and LM head trainable, in float32 (after peft froze them)."""

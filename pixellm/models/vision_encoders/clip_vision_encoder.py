@@ -138,6 +138,18 @@ class CLIPVisionEncoder(BaseModule):
             if post_norm is not None:
                 post_norm.requires_grad_(False)
 
+    @classmethod
+    def fsdp_block_classes(cls, cfg: Dict) -> Tuple[str, ...]:
+        """The transformer block class of the tower; FSDP wraps each one (``--fsdp``).
+
+        Args:
+            cfg (dict): This component's config (unused: every CLIP tower has the same blocks).
+
+        Returns:
+            tuple[str]: ``('CLIPEncoderLayer',)``.
+        """
+        return ('CLIPEncoderLayer', )
+
     @property
     def image_size(self) -> int:
         return self.config.image_size

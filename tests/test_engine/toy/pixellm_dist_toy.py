@@ -1,8 +1,8 @@
 """For the distributed engine tests: a per-rank loss recorder and a toy model whose initial weights
-do not depend on when the runner builds it."""
+do not depend on when the runner builds it and whose layers are its FSDP units."""
 import json
 import os.path as osp
-from typing import Any, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from mmengine.dist import get_rank
@@ -40,7 +40,8 @@ class SeededEngineToyModel(EngineToyModel):
     """:class:`EngineToyModel` whose initial weights come from its own generator.
 
     ``Runner`` builds the model right after seeding, ``FlexibleRunner`` only when training
-    starts, after other random draws; a private generator gives both the same start.
+    starts, after other random draws; a private generator gives both the same start. Under
+    ``--fsdp`` each of its two ``Linear`` layers is an FSDP unit.
 
     Args:
         init_seed (int): Seed of the initial weights. Defaults to 0.
@@ -53,3 +54,8 @@ class SeededEngineToyModel(EngineToyModel):
         with torch.no_grad():
             for param in self.parameters():
                 param.copy_((torch.rand(param.shape, generator=generator) - 0.5) * 0.5)
+
+    @classmethod
+    def fsdp_block_classes(cls, cfg: Dict) -> Tuple[str, ...]:
+        """The toy's blocks for ``--fsdp``: each ``Linear`` layer."""
+        return ('Linear', )
