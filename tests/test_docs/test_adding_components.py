@@ -58,7 +58,7 @@ def plugin_scope():
     imported modules and the ``sys.path`` entries ``load_config`` adds."""
     from pixellm.models.llms import causal_lm
     from pixellm.registry import DATASETS, MODELS
-    architectures = dict(causal_lm._ARCHITECTURES)
+    architectures = causal_lm.registered_llm_architectures()
     path = list(sys.path)
 
     def forget_plugins():

@@ -258,3 +258,27 @@ def test_adamw_step_moves_only_the_base_rows_that_occurred():
         g = g.double()
         expected = old.double() - lr * g / (g.abs() + 1e-8)
         torch.testing.assert_close(new.double(), expected, rtol=0, atol=1e-7)
+
+
+def test_a_registered_architecture_builds_and_declares_its_blocks():
+    from pixellm.models.llms import (HFCausalLM, causal_lm, register_llm_architecture,
+                                     registered_llm_architectures)
+    before = registered_llm_architectures()
+    try:
+        register_llm_architecture('qwen3', 'Qwen3Config', 'Qwen3ForCausalLM')
+        register_llm_architecture('qwen3', 'Qwen3Config', 'Qwen3ForCausalLM')  # same: no-op
+        cfg = dict(model_type='qwen3', vocab_size=64, hidden_size=32, intermediate_size=64,
+                   num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                   head_dim=16, max_position_embeddings=64)
+        llm = HFCausalLM(llm_config=dict(cfg))
+        assert type(llm.model).__name__ == 'Qwen3ForCausalLM' and llm.hidden_size == 32
+        assert HFCausalLM.fsdp_block_classes(dict(llm_config=cfg)) == ('Qwen3DecoderLayer', )
+        with pytest.raises(ValueError, match="'qwen3' already builds"):
+            register_llm_architecture('qwen3', 'LlamaConfig', 'LlamaForCausalLM')
+        with pytest.raises(ValueError, match='has no'):
+            register_llm_architecture('nope', 'NoSuchConfig', 'NoSuchForCausalLM')
+    finally:
+        causal_lm._ARCHITECTURES.clear()
+        causal_lm._ARCHITECTURES.update(before)
+    with pytest.raises(ValueError, match="unknown llm_config model_type 'qwen3'"):
+        HFCausalLM(llm_config=dict(cfg))

@@ -18,6 +18,40 @@ _ARCHITECTURES = {
 }
 
 
+def register_llm_architecture(model_type: str, config_class: str, model_class: str,
+                              force: bool = False) -> None:
+    """Let ``HFCausalLM`` build another transformers causal LM.
+
+    After ``register_llm_architecture('qwen3', 'Qwen3Config', 'Qwen3ForCausalLM')``,
+    ``llm_config=dict(model_type='qwen3', ...)`` builds that model, LoRA, added token rows,
+    generation, export and ``--fsdp`` (its ``_no_split_modules``) included.
+
+    Args:
+        model_type (str): The ``model_type`` that configs name.
+        config_class (str): Name of the transformers config class.
+        model_class (str): Name of the transformers ``*ForCausalLM`` class.
+        force (bool): Replace an existing entry. Defaults to False.
+
+    Raises:
+        ValueError: ``model_type`` is taken by other classes (without ``force``), or
+            transformers has no such classes.
+    """
+    import transformers
+    missing = [n for n in (config_class, model_class) if not hasattr(transformers, n)]
+    if missing:
+        raise ValueError(f'transformers {transformers.__version__} has no {missing}')
+    entry = (config_class, model_class)
+    if not force and _ARCHITECTURES.get(model_type, entry) != entry:
+        raise ValueError(f'model_type {model_type!r} already builds {_ARCHITECTURES[model_type]}; '
+                         'pass force=True to replace it')
+    _ARCHITECTURES[model_type] = entry
+
+
+def registered_llm_architectures() -> Dict[str, Tuple[str, str]]:
+    """``model_type`` -> (config class, causal-LM class) names that ``HFCausalLM`` builds."""
+    return dict(_ARCHITECTURES)
+
+
 def _architecture(model_type: str) -> Tuple[type, type]:
     """The transformers config and ``*ForCausalLM`` classes of ``llm_config['model_type']``."""
     import transformers
