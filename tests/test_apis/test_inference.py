@@ -8,7 +8,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
 from PIL import Image
 from pycocotools import mask as mask_utils
@@ -17,6 +16,7 @@ from pixellm.apis import InferenceInputError, build_conversation, inference, ini
 from pixellm.datasets.chat_templates import encode_prompt
 from pixellm.models.export import CheckpointMismatchError
 from pixellm.registry import DATASETS
+from pixellm.utils import load_config
 from pixellm.utils.constants import IGNORE_INDEX
 from pixellm.visualization import render_prediction
 
@@ -148,7 +148,7 @@ def test_half_precision_computes_the_fp32_answers(trained_tiny, model, precision
     dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}[precision]
     assert next(half.llm.parameters()).dtype == dtype
     tolerance = HALF_LOGIT_TOLERANCE[precision]
-    cfg = Config.fromfile(trained_tiny['config'])
+    cfg = load_config(trained_tiny['config'])
     dataset = DATASETS.build(dict(cfg.test_dataloader.dataset,
                                   data_root=trained_tiny['data_root']))
     # The ground-truth answers, teacher-forced through both: the same logits up to rounding at
@@ -231,7 +231,6 @@ def test_questions_are_asked_in_the_test_pipelines_wording():
     from pixellm.apis.inference import _pipeline_settings
     from pixellm.datasets.transforms.conversation import LONG_QUESTION_TEMPLATES
     from pixellm.datasets.transforms.refer_conversation import TEST_LONG_QUESTION
-    from pixellm.utils import load_config
     muse = _pipeline_settings(load_config(osp.join(REPO, 'configs', 'pixellm',
                                                    'pixellm_tiny_muse.py')))
     assert muse['user_prompt']('Where is it?') == LONG_QUESTION_TEMPLATES[0].format(

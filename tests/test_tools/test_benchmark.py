@@ -10,6 +10,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from pixellm.models.meta_build import build_on_meta, build_random_init, count_parameters
+from pixellm.utils import load_config
 from conftest import REPO, TINY_MODEL_CFG, load_tool, tiny_model_cfg
 
 DEMO_CFG = osp.join(REPO, 'projects/pixellm_tiny_demo/configs/pixellm_tiny_demo.py')
@@ -61,7 +62,7 @@ def _counted(fn):
 @pytest.mark.parametrize('cfg_path', [TINY_MODEL_CFG, DEMO_CFG],
                          ids=['frozen_clip_lora', 'all_trained'])
 def test_analytic_flops_match_flop_counter(bench, cfg_path):
-    model = build_random_init(Config.fromfile(cfg_path).model)
+    model = build_random_init(load_config(cfg_path).model)
     batch, seq_len, targets = 2, 160, 2  # the demo LLM sees 64 image tokens
     images, samples = bench.synthetic_batch(model, batch, seq_len, targets)
     data = model.data_preprocessor(dict(inputs=images, data_samples=samples), True)
@@ -105,7 +106,7 @@ def test_analytic_flops_match_flop_counter(bench, cfg_path):
 def test_training_multipliers_follow_what_trains(bench):
     """Frozen CLIP: forward only; LoRA's frozen base: fwd + input grad; trained: 3x."""
     frozen = build_on_meta(tiny_model_cfg())
-    trained = build_on_meta(Config.fromfile(DEMO_CFG).model.to_dict())
+    trained = build_on_meta(load_config(DEMO_CFG).model.to_dict())
     for model, enc_mult, llm_mult in ((frozen, 1, 2), (trained, 3, 3)):
         fwd = bench.forward_flops(model, 1, 64, 1)
         bwd = bench.train_step_flops(model, 1, 64, 1)
@@ -186,7 +187,7 @@ def test_profile_writes_operator_tables_and_part_times(bench, tmp_path):
                          '--steps', '1', '--warmup', '0', '--batch-size', '1', '--seq-len', '160',
                          '--targets', '3', '--peak-size', '128', '--profile', str(prof)])
     infer = result['runs'][1]
-    model_cfg = Config.fromfile(DEMO_CFG).model
+    model_cfg = load_config(DEMO_CFG).model
     tok = build_random_init(model_cfg).tokenizer
     needed = len(tok(' and '.join(['[SEG0] [SEG1] [SEG2] [SEG3] [SEG4] [SEG5]'] * 3),
                      add_special_tokens=False).input_ids) + 1
@@ -203,3 +204,13 @@ def test_profile_writes_operator_tables_and_part_times(bench, tmp_path):
         assert calls == (1 if mode == 'train' else infer['new_tokens'])
         assert all(float(p[1]) > 0 for p in parts.values())  # host time, on the CPU too
         assert len(parts['llm']) == 5  # name, host, kernel and device-span ms, calls
+
+
+def test_an_llm_block_of_another_shape_is_refused(bench):
+    """The FLOP formulas are LLaMA's; a block with other linears stops the count."""
+    with_lora = build_on_meta(tiny_model_cfg())  # LoRA wrappers are looked through
+    bench.llm_flops(with_lora, 8, 8)
+    mlp = with_lora.llm.hf_model.get_decoder().layers[0].mlp
+    mlp.gate_proj = torch.nn.Linear(mlp.gate_proj.in_features, 7, device='meta')
+    with pytest.raises(ValueError, match="'gate_proj': \\(128, 7\\)"):
+        bench.llm_flops(with_lora, 8, 8)

@@ -97,6 +97,30 @@ def llm_linear_shapes(s: Dict) -> Dict[str, Tuple[int, int]]:
                        gate_proj=(d, s['ffn']), up_proj=(d, s['ffn']), down_proj=(s['ffn'], d))
 
 
+def check_llm_block(model, s: Dict) -> None:
+    """Check that the LLM's decoder blocks are LLaMA-shaped, as the FLOP formulas assume.
+
+    The formulas count the seven linears of :func:`llm_linear_shapes` per block (LLaMA, Mistral,
+    Qwen2 and Qwen3 blocks have them). The linears of the first decoder block of the built model
+    (LoRA wrappers looked through) must be exactly those, with those shapes.
+
+    Raises:
+        ValueError: The block has other linears or shapes; the message lists both.
+    """
+    layers = model.llm.hf_model.get_decoder().layers
+    found = {}
+    for name, module in layers[0].named_modules():
+        if isinstance(module, torch.nn.Linear) and name.split('.')[-1] not in (
+                'lora_A', 'lora_B', 'default'):
+            key = name.split('.')[-1] if not name.endswith('base_layer') else \
+                name.split('.')[-2]
+            found[key] = (module.in_features, module.out_features)
+    want = dict(llm_linear_shapes(s))
+    if found != want:
+        raise ValueError(f'the benchmark counts LLaMA-shaped decoder blocks {want}, but this '
+                         f'LLM\'s block has {found}; its FLOP formulas do not apply')
+
+
 def llm_flops(model, tokens: int, context: int, batch: int = 1, training: bool = False,
               base_trained: Optional[bool] = None) -> Dict[str, float]:
     """LLM FLOPs of one forward (or fwd+bwd) over ``tokens`` new tokens per sequence.
@@ -114,6 +138,7 @@ def llm_flops(model, tokens: int, context: int, batch: int = 1, training: bool =
         dict: ``llm_matmul``, ``llm_lora``, ``llm_head`` and ``llm_attention`` FLOPs.
     """
     s = llm_shapes(model)
+    check_llm_block(model, s)
     if base_trained is None:
         base_trained = any(p.requires_grad for n, p in model.llm.hf_model.named_parameters()
                            if 'lora_' not in n)
