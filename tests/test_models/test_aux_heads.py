@@ -95,3 +95,20 @@ def test_a_component_that_is_not_a_head_or_not_registered_is_refused():
         build_tiny(aux_heads=[dict(type='_NotAHead')])
     with pytest.raises(KeyError, match="'NoSuchHead' is not a registered"):
         build_tiny(aux_heads=[dict(type='NoSuchHead')])
+
+
+@MODELS.register_module(force=True)
+class _ForwardingHead(_RecordingHead):
+    """A subclass that passes its arguments on: it gets what its parent names."""
+
+    def __init__(self, *args, extra=1, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.extra = extra
+
+
+def test_a_subclass_passing_kwargs_on_gets_only_what_its_bases_name():
+    model = build_tiny(aux_heads=[dict(type='_ForwardingHead', extra=3)])
+    head = model.aux_heads[0]
+    assert head.scale.in_features == model.llm.hidden_size and head.extra == 3
+    with pytest.raises(ValueError, match='a config dict with a type'):
+        build_tiny(aux_heads=[dict(window=4)])

@@ -282,3 +282,10 @@ def test_a_registered_architecture_builds_and_declares_its_blocks():
         causal_lm._ARCHITECTURES.update(before)
     with pytest.raises(ValueError, match="unknown llm_config model_type 'qwen3'"):
         HFCausalLM(llm_config=dict(cfg))
+
+
+def test_an_architecture_without_block_classes_is_refused_for_fsdp(monkeypatch):
+    import transformers
+    monkeypatch.setattr(transformers.LlamaForCausalLM, '_no_split_modules', None)
+    with pytest.raises(ValueError, match='LlamaForCausalLM names no decoder block class'):
+        HFCausalLM.fsdp_block_classes(dict(llm_config=dict(model_type='llama')))

@@ -110,8 +110,10 @@ def check_llm_block(model, s: Dict) -> None:
     layers = model.llm.hf_model.get_decoder().layers
     found = {}
     for name, module in layers[0].named_modules():
-        if isinstance(module, torch.nn.Linear) and name.split('.')[-1] not in (
-                'lora_A', 'lora_B', 'default'):
+        parts = name.split('.')
+        # peft's adapter layers (any adapter name) sit under lora_A / lora_B.
+        if isinstance(module, torch.nn.Linear) and not {
+                'lora_A', 'lora_B', 'lora_embedding_A', 'lora_embedding_B'} & set(parts):
             key = name.split('.')[-1] if not name.endswith('base_layer') else \
                 name.split('.')[-2]
             found[key] = (module.in_features, module.out_features)

@@ -14,8 +14,8 @@ class BaseAuxHead(BaseModule, metaclass=ABCMeta):
     """An auxiliary head: a module with its own weights that adds loss terms in training.
 
     ``PixelLM(aux_heads=[...])`` builds each head from its config (filling in ``in_channels``,
-    the LLM width, and ``vocab_size``, the tokenizer's size, where the head's ``__init__``
-    takes them and the config leaves them out), and in ``loss`` mode calls :meth:`loss` after the
+    the LLM width, and ``vocab_size``, the tokenizer's size, where an ``__init__`` of the head's
+    class or its bases names them and the config leaves them out), and in ``loss`` mode calls :meth:`loss` after the
     paper's losses. Heads are not used at inference. As in mmsegmentation's auxiliary heads, a
     head owns its weights and returns a dict of named losses, which are summed into the total
     and logged under their names.
@@ -24,8 +24,8 @@ class BaseAuxHead(BaseModule, metaclass=ABCMeta):
 
     - ``hidden`` (``(B, L, H)``): the LLM's last hidden states over the batched sequences
       (image tokens expanded; padding on the right).
-    - ``input_ids`` (``(B, L)``): the token id at each position (``IMAGE_TOKEN_INDEX`` at image
-      tokens, the pad id at padding).
+    - ``input_ids`` (``(B, L)``): the token id at each position (-1 at each image token, in grid
+      order; the pad id at padding).
     - ``logits``, ``labels``: the LLM's logits and the text labels.
     - ``codebook_positions`` (list of ``(N_i, T)``): per sample, the positions of each target's
       ``T`` codebook tokens; ``codebook_states`` (list of ``(N_i, scales, tokens, H)``): the

@@ -300,11 +300,15 @@ class HFCausalLM(BaseModule):
             tuple[str]: Class names, e.g. ``('LlamaDecoderLayer',)``.
 
         Raises:
-            ValueError: Unknown ``model_type``.
+            ValueError: Unknown ``model_type``, or its class names no block class.
         """
         model_type = dict(cfg.get('llm_config') or {}).get('model_type', 'llama')
         _, model_cls = _architecture(model_type)
-        return tuple(model_cls._no_split_modules or ())
+        blocks = tuple(model_cls._no_split_modules or ())
+        if not blocks:
+            raise ValueError(f'{model_cls.__name__} names no decoder block class '
+                             '(_no_split_modules); --fsdp would leave the whole LLM in one unit')
+        return blocks
 
     def _unfreeze_token_tables(self) -> None:
         """Make the embedding table and LM head trainable, in float32 (after peft froze them)."""

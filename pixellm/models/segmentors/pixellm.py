@@ -175,15 +175,20 @@ class PixelLM(BaseModel):
 
     @staticmethod
     def _build_aux_head(cfg: Dict, **derived):
-        """Build an auxiliary head, filling in the derived keys its ``__init__`` accepts."""
+        """Build an auxiliary head, filling in the derived keys that an ``__init__`` of its class
+        or of a base class names (a subclass passing ``**kwargs`` on gets its parent's)."""
         from pixellm.models.aux_heads import BaseAuxHead
-        head_cls = MODELS.get(cfg['type']) if isinstance(cfg.get('type'), str) else cfg.get('type')
+        if not isinstance(cfg, dict) or 'type' not in cfg:
+            raise ValueError(f'aux_heads: each head is a config dict with a type, got {cfg!r}')
+        head_cls = MODELS.get(cfg['type']) if isinstance(cfg['type'], str) else cfg['type']
         if head_cls is None:
-            raise KeyError(f'aux_heads: {cfg.get("type")!r} is not a registered model component; '
+            raise KeyError(f'aux_heads: {cfg["type"]!r} is not a registered model component; '
                            'register the head in pixellm.registry.MODELS (custom_imports)')
-        params = inspect.signature(head_cls.__init__).parameters
-        takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
-        accepted = {k: v for k, v in derived.items() if takes_any or k in params}
+        named = set()
+        for klass in getattr(head_cls, '__mro__', ()):
+            if '__init__' in vars(klass):
+                named.update(inspect.signature(klass.__init__).parameters)
+        accepted = {k: v for k, v in derived.items() if k in named}
         head = MODELS.build(_fill(cfg, **accepted))
         if not isinstance(head, BaseAuxHead):
             raise TypeError(f'aux_heads: {type(head).__name__} is not a BaseAuxHead; an auxiliary '
