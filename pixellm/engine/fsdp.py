@@ -88,10 +88,11 @@ def apply_fsdp(cfg: Config) -> List[str]:
     Parameters, gradients and optimizer states are sharded over the ranks (``FULL_SHARD``), one
     unit per transformer block plus the rest of the model at the root. The block classes are
     those the model's components declare (:func:`declared_block_classes`: the LLM's decoder
-    layer, ``CLIPEncoderLayer``...), so a new LLM or encoder brings its own. ``use_orig_params`` keeps frozen weights, LoRA and the trainable
-    token rows side by side in one unit. Checkpoints hold the full state dict (rank 0 writes an
-    ordinary ``.pth`` that ``tools/test.py`` loads). The optimizer wrapper of
-    the config stays: ``OptimWrapper``, or ``AmpOptimWrapper`` (bf16 autocast) on GPUs.
+    layer, ``CLIPEncoderLayer``...), so a new LLM or encoder brings its own. ``use_orig_params``
+    keeps frozen weights, LoRA and the trainable token rows side by side in one unit.
+    Checkpoints hold the full state dict (rank 0 writes an ordinary ``.pth`` that
+    ``tools/test.py`` loads). The optimizer wrapper of the config stays: ``OptimWrapper``, or
+    ``AmpOptimWrapper`` (bf16 autocast) on GPUs.
     Generation during validation runs in step across ranks (``PixelLM.sync_ranks``).
 
     Args:

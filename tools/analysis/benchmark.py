@@ -111,11 +111,11 @@ def check_llm_block(model, s: Dict) -> None:
     found = {}
     for name, module in layers[0].named_modules():
         parts = name.split('.')
-        # peft's adapter layers (any adapter name) sit under lora_A / lora_B.
+        # peft's adapter layers (any adapter name) sit under lora_A / lora_B; the wrapped
+        # linear is the wrapper's base_layer.
         if isinstance(module, torch.nn.Linear) and not {
                 'lora_A', 'lora_B', 'lora_embedding_A', 'lora_embedding_B'} & set(parts):
-            key = name.split('.')[-1] if not name.endswith('base_layer') else \
-                name.split('.')[-2]
+            key = parts[-2] if parts[-1] == 'base_layer' else parts[-1]
             found[key] = (module.in_features, module.out_features)
     want = dict(llm_linear_shapes(s))
     if found != want:

@@ -1,4 +1,4 @@
 """Auxiliary heads: modules with their own weights that add training losses (none in the paper)."""
-from .base_aux_head import DERIVED_KEYS, BaseAuxHead
+from .base_aux_head import BaseAuxHead
 
-__all__ = ['BaseAuxHead', 'DERIVED_KEYS']
+__all__ = ['BaseAuxHead']

@@ -5,10 +5,6 @@ from typing import Dict, Optional, Sequence
 import torch
 from mmengine.model import BaseModule
 
-# Keyword arguments PixelLM fills in when an auxiliary head's config leaves them out and the head
-# accepts them: the LLM width and the tokenizer's size (codebook tokens included).
-DERIVED_KEYS = ('in_channels', 'vocab_size')
-
 
 class BaseAuxHead(BaseModule, metaclass=ABCMeta):
     """An auxiliary head: a module with its own weights that adds loss terms in training.

@@ -1,16 +1,15 @@
 """PixelLM: an LLM that answers with text and any number of masks, assembled from config parts."""
 import copy
+import inspect
 import logging
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import inspect
-
 import torch
 import torch.nn.functional as F
-from torch import nn
 from mmengine.logging import print_log
 from mmengine.model import BaseModel
 from mmengine.structures import InstanceData
+from torch import nn
 
 from pixellm.registry import MODELS
 from pixellm.structures import PixelLMDataSample

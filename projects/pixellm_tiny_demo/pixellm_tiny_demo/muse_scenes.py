@@ -18,6 +18,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from pixellm.datasets.transforms.conversation import join_items
+from pixellm.engine.checkpoint import atomic_write_text
 
 # Bump when the output for a given seed changes, so an old dataset on disk is not reused.
 # 2: each answer's targets went left to right. 3: they go in reading order (top edge, then left
@@ -411,10 +412,7 @@ def _make_scene(rng: np.random.Generator, height: int, width: int, image_id: int
 
 
 def _write_json_atomic(path: str, data) -> None:
-    tmp = f'{path}.tmp.{os.getpid()}'
-    with open(tmp, 'w') as f:
-        json.dump(data, f, separators=(',', ':'))
-    os.replace(tmp, path)
+    atomic_write_text(json.dumps(data, separators=(',', ':')), path)
 
 
 def _image_name(split: str, index: int) -> str:
