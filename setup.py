@@ -29,7 +29,7 @@ setup(
     # The shipped configs (``configs/`` links to ``pixellm/configs``) travel with the package, so
     # ``--deepspeed zero2`` and a plugin's ``from pixellm.configs... import *`` work after
     # ``pip install .``.
-    package_data={'pixellm': ['models/tokenizers/assets/*.json', 'datasets/metainfo/*',
+    package_data={'pixellm': ['text/tokenizers/assets/*.json', 'datasets/metainfo/*',
                               'configs/*/*.py', 'configs/*/*/*.py', 'configs/*/*.json',
                               'configs/*/*.md']},
     python_requires='>=3.9',

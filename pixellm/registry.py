@@ -1,7 +1,7 @@
 """Registries of pixellm: children of mmengine's roots, resolved under ``default_scope='pixellm'``.
 
 Every component kind (vision encoders, LLM backbones, projectors, codebooks, pixel decoders, losses,
-models, datasets, transforms, metrics, hooks, tokenizers, runner strategies) is built from a config
+models, datasets, transforms, metrics, hooks, tokenizers, text processors, runner strategies) is built from a config
 ``dict(type=...)`` through one of these registries. ``locations`` lets mmengine import the modules
 that register the classes on first use, so a config never needs a manual import.
 
@@ -94,9 +94,12 @@ MODELS = Registry('model', parent=MMENGINE_MODELS, scope=SCOPE, build_func=_mode
                   locations=['pixellm.models'])
 MODEL_WRAPPERS = _child('model wrapper', MMENGINE_MODEL_WRAPPERS, 'pixellm.models')
 WEIGHT_INITIALIZERS = _child('weight initializer', MMENGINE_WEIGHT_INITIALIZERS, 'pixellm.models')
-# Tokenizers are built by the model and by the data pipeline from the same config dict.
+# The text side shared by a model and its data pipelines: tokenizer builders, and the text
+# processor (tokenizer + codebook tokens + chat template) built from a config's `text_processor`.
 TOKENIZERS = Registry('tokenizer', scope=SCOPE, build_func=build_with_hint,
-                      locations=['pixellm.models.tokenizers'])
+                      locations=['pixellm.text.tokenizers'])
+TEXT_PROCESSORS = Registry('text processor', scope=SCOPE, build_func=build_with_hint,
+                           locations=['pixellm.text'])
 
 DATASETS = _child('dataset', MMENGINE_DATASETS, 'pixellm.datasets')
 DATA_SAMPLERS = _child('data sampler', MMENGINE_DATA_SAMPLERS, 'pixellm.datasets')

@@ -24,9 +24,10 @@ def _pixellm_scope():
 
 
 def tiny_model_cfg(**overrides):
-    """The tiny PixelLM model config as a plain dict, with top-level overrides applied."""
-    from mmengine.config import Config
-    cfg = Config.fromfile(TINY_MODEL_CFG).model.to_dict()
+    """The tiny PixelLM model config as a plain dict (with the config's text processor, as
+    ``load_config`` hands it out), with top-level overrides applied."""
+    from pixellm.utils.config import load_config
+    cfg = load_config(TINY_MODEL_CFG, import_plugins=False).model.to_dict()
     cfg.update(overrides)
     return cfg
 
@@ -42,21 +43,20 @@ def make_sample(model, num_targets, hw=(80, 100), ori=(160, 200), question='Segm
     """A data sample whose answer names ``num_targets`` targets, with random gt masks."""
     from mmengine.structures import InstanceData
 
-    from pixellm.datasets.chat_templates import encode_conversation, encode_prompt
     from pixellm.structures import PixelLMDataSample
     g = torch.Generator().manual_seed(seed)
     if num_targets:
         answer = 'They are ' + ' and '.join([model.codebook.target_text] * num_targets) + '.'
     else:
         answer = 'There is no such object.'
-    user = dict(role='user', content='<image>\n' + question)
+    user = dict(role='user', content=model.text_processor.image_turn(question))
     messages = [user, dict(role='assistant', content=answer)]
-    enc = encode_conversation(messages, model.tokenizer, 'vicuna_v1')
+    enc = model.text_processor.encode_conversation(messages)
     sample = PixelLMDataSample(metainfo=dict(ori_shape=ori, img_path=f'img{seed}.png',
                                              question=question, answer=answer))
     sample.input_ids = enc['input_ids']
     sample.labels = enc['labels']
-    sample.prompt_ids = encode_prompt([user], model.tokenizer, 'vicuna_v1')
+    sample.prompt_ids = model.text_processor.encode_prompt([user])
     sample.gt_instances = InstanceData(masks=torch.rand(num_targets, *ori, generator=g) > 0.5)
     image = torch.randint(0, 256, (3, *hw), dtype=torch.uint8, generator=g)
     return image, sample

@@ -2,10 +2,11 @@
 
 ``tools/chat.py``, the web demo (``demo/app.py``) and ``tools/test.py --show-dir`` (through
 :func:`pixellm.visualization.render_prediction`) share this path. The image goes through the
-config's own transforms (``LoadImageFromFile``, ``ResizeLongestSide``), the question through its
-chat template, and the model through ``data_preprocessor`` and ``predict`` as in the runner's test
-step; so a prompt worded as the test pipeline words it (a MUSE test question is wrapped in the
-first official question template) gets exactly the prediction ``tools/test.py`` makes.
+config's own transforms (``LoadImageFromFile``, ``ResizeLongestSide``), the question through the
+model's text processor (the one the config's pipelines tokenize with: tokenizer, chat template,
+image placeholder), and the model through ``data_preprocessor`` and ``predict`` as in the runner's
+test step; a question is worded as the test pipeline words it (a MUSE test question is wrapped in
+the first official question template), so it gets exactly the prediction ``tools/test.py`` makes.
 """
 import json
 import os
@@ -19,9 +20,9 @@ from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
 from PIL import Image
 
-from pixellm.datasets.chat_templates import CHAT_TEMPLATES, DEFAULT_CHAT_TEMPLATE, encode_prompt
 from pixellm.datasets.transforms import LoadImageFromFile, PackPixelLMInputs, ResizeLongestSide
 from pixellm.registry import MODELS
+from pixellm.text import TextProcessor
 from pixellm.utils.constants import DEFAULT_IMAGE_TOKEN
 from pixellm.visualization import number_targets, render_mask_overlay
 
@@ -151,16 +152,16 @@ class InferenceResult:
 
 
 def _pipeline_settings(cfg: Config) -> Dict[str, Any]:
-    """Chat template, question wording and resize settings of the test (else train) pipeline.
+    """Question wording and resize settings of the test (else train) pipeline.
 
     ``user_prompt`` is the ``user_prompt`` method of the pipeline's conversation step
     (``BuildMuseConversation``, ``BuildReferConversation``), or ``None`` when the pipeline asks
-    questions as they are.
+    questions as they are. (The tokenizer, chat template and image placeholder are the model's
+    text processor's, which the pipelines share.)
     """
     from pixellm.engine.tool_config import type_name
     from pixellm.registry import TRANSFORMS
-    settings = dict(template=DEFAULT_CHAT_TEMPLATE, use_im_start_end=False,
-                    interpolation='bilinear', user_prompt=None)
+    settings = dict(interpolation='bilinear', user_prompt=None)
     for loader in ('test_dataloader', 'val_dataloader', 'train_dataloader'):
         dataset = (cfg.get(loader) or {}).get('dataset') or {}
         pipeline = dataset.get('pipeline') if isinstance(dataset, dict) else None
@@ -168,10 +169,7 @@ def _pipeline_settings(cfg: Config) -> Dict[str, Any]:
             continue
         for step in pipeline:
             name = type_name(step.get('type')) if isinstance(step, dict) else ''
-            if name == 'TokenizeConversation':
-                settings['template'] = step.get('template', settings['template'])
-                settings['use_im_start_end'] = step.get('use_im_start_end', False)
-            elif name == 'ResizeLongestSide':
+            if name == 'ResizeLongestSide':
                 settings['interpolation'] = step.get('interpolation', 'bilinear')
             elif 'Conversation' in name and settings['user_prompt'] is None:
                 cls = TRANSFORMS.get(step['type']) if isinstance(step['type'], str) \
@@ -222,6 +220,8 @@ def init_model(config: Union[str, Config], checkpoint: Optional[str] = None,
         cfg = config
         if cfg_options:
             cfg.merge_from_dict(cfg_options)
+        from pixellm.text.sharing import share_text_processor
+        share_text_processor(cfg)
     else:
         cfg = load_config(config, cfg_options=cfg_options)
     exported = checkpoint is not None and osp.isfile(osp.join(checkpoint, CONFIG_FILE))
@@ -345,7 +345,7 @@ def build_conversation(question: str, history: Optional[History] = None,
         if DEFAULT_IMAGE_TOKEN not in q:
             q = user_prompt(q) if user_prompt is not None else q
             if i == 0:
-                q = f'{DEFAULT_IMAGE_TOKEN}\n{q}'
+                q = TextProcessor.image_turn(q)
         messages.append(dict(role='user', content=q))
         if a is not None:
             messages.append(dict(role='assistant', content=a))
@@ -374,18 +374,14 @@ def inference(model: torch.nn.Module, image: ImageInput, question: str,
             empty.
     """
     settings = getattr(model, 'pixellm_inference', None) or dict(
-        template=DEFAULT_CHAT_TEMPLATE, use_im_start_end=False, interpolation='bilinear',
-        dtype=next(model.parameters()).dtype)
-    if settings['template'] not in CHAT_TEMPLATES:
-        raise ValueError(f'chat template {settings["template"]!r} is not registered')
+        interpolation='bilinear', dtype=next(model.parameters()).dtype)
     img, img_path = load_image(image)
     messages = build_conversation(question, history, settings.get('user_prompt'))
     shown_question = question.replace(DEFAULT_IMAGE_TOKEN, '').strip()
     results = dict(img=img, img_path=img_path or '<array>', ori_shape=img.shape[:2],
                    img_shape=img.shape[:2], question=shown_question, answer='',
                    conversation=messages, num_targets=0)
-    results['prompt_ids'] = encode_prompt(messages, model.tokenizer, settings['template'],
-                                          use_im_start_end=settings['use_im_start_end'])
+    results['prompt_ids'] = model.text_processor.encode_prompt(messages)
     results = ResizeLongestSide(model.data_preprocessor.size,
                                 settings['interpolation'])(results)
     packed = PackPixelLMInputs()(results)

@@ -1,5 +1,4 @@
-"""Datasets, transforms and chat templates; importing this package registers them."""
-from . import chat_templates
+"""Datasets and transforms; importing this package registers them."""
 from .grefcoco_dataset import GRefCOCODataset
 from .mix_dataset import SampleRateMixDataset
 from .dataset_utils import UnsafePickleError, load_data_pickle
@@ -16,7 +15,7 @@ from .transforms import (BuildMuseConversation, BuildReferConversation, BuildVQA
 from .vqa_dataset import LLaVAInstructDataset
 
 __all__ = [
-    'chat_templates', 'DatasetFormatError', 'InvalidTargetError', 'UnsafePickleError',
+    'DatasetFormatError', 'InvalidTargetError', 'UnsafePickleError',
     'load_data_pickle',
     # datasets
     'MUSEDataset', 'ReferSegDataset', 'GRefCOCODataset', 'ReasonSegDataset', 'SemSegQADataset',

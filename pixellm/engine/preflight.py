@@ -46,7 +46,8 @@ def _registries() -> dict:
                    constructor=px.OPTIM_WRAPPER_CONSTRUCTORS,
                    param_scheduler=px.PARAM_SCHEDULERS, visualizer=px.VISUALIZERS,
                    vis_backend=px.VISBACKENDS, log_processor=px.LOG_PROCESSORS,
-                   tokenizer=px.TOKENIZERS, model_wrapper=px.MODEL_WRAPPERS,
+                   tokenizer=px.TOKENIZERS, text_processor=px.TEXT_PROCESSORS,
+                   model_wrapper=px.MODEL_WRAPPERS,
                    evaluator=px.EVALUATOR, runner=px.RUNNERS,
                    weight_initializer=px.WEIGHT_INITIALIZERS)
     others = [getattr(mm, name) for name in ('FUNCTIONS', 'STRATEGIES', 'INFERENCERS',
@@ -62,6 +63,7 @@ _KWARG_CHECKED = ('model', 'dataset', 'transform', 'hook', 'metric')
 def _sections(cfg: Config) -> Iterator[Tuple[str, str, Any]]:
     """``(config key, section, value)`` of every typed part the runner builds."""
     yield 'model', 'model', cfg.get('model')
+    yield 'text_processor', 'text_processor', cfg.get('text_processor')
     for split in ('train', 'val', 'test'):
         loader = cfg.get(f'{split}_dataloader')
         if isinstance(loader, dict):
@@ -116,7 +118,8 @@ def _accepted_keywords(obj: Any) -> Optional[set]:
 
 # Keys under which a nested part belongs to another registry than its parent's.
 _NESTED_SECTIONS = dict(pipeline='transform', transforms='transform', tokenizer='tokenizer',
-                        dataset='dataset', datasets='dataset')
+                        text_processor='text_processor', codebook='model', dataset='dataset',
+                        datasets='dataset')
 
 
 def _walk(value: Any, key: str, section: str) -> Iterator[Tuple[str, str, dict, bool]]:

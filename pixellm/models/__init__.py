@@ -9,5 +9,4 @@ from .losses import *  # noqa: F401,F403
 from .pixel_decoders import *  # noqa: F401,F403
 from .projectors import *  # noqa: F401,F403
 from .segmentors import *  # noqa: F401,F403
-from .tokenizers import *  # noqa: F401,F403
 from .vision_encoders import *  # noqa: F401,F403

@@ -15,8 +15,8 @@ Folder layout (``FORMAT_VERSION`` 1), as written by :func:`export_pixellm`::
                                 (key ``model``), the token ids, the LLM dtype and the source files
 
 In ``pixellm_config.json`` the model config names the LLM folder relatively
-(``model.llm.pretrained`` and ``model.tokenizer.name_or_path`` are ``"llm"``), so the folder can be
-moved; the LLM is an ``HFCausalLM`` without LoRA whose ``base_vocab_size`` splits the added rows
+(``model.llm.pretrained`` and ``model.text_processor.tokenizer.name_or_path`` are ``"llm"``), so
+the folder can be moved; the LLM is an ``HFCausalLM`` without LoRA whose ``base_vocab_size`` splits the added rows
 off again (trainable, as in training), and the vision encoder is built from its stored
 ``vision_config`` instead of a hub name, so nothing is downloaded.
 
@@ -30,7 +30,7 @@ Loading it back:
 * transformers alone (text only): ``AutoModelForCausalLM.from_pretrained('OUT_DIR/llm')`` and
   ``AutoTokenizer.from_pretrained('OUT_DIR/llm')``.
 
-The saved tokenizer is the training one, so a data pipeline may keep the training config's
+The saved tokenizer is the training one, so a config's ``text_processor`` may keep the training
 tokenizer or use ``dict(type='PretrainedTokenizer', name_or_path='OUT_DIR/llm')``: both give the
 same ids.
 """
@@ -193,9 +193,10 @@ def _exported_model_cfg(model_cfg: Mapping, model: nn.Module, base_vocab_size: i
                torch_dtype=_dtype_name(llm_dtype), lora=None, base_vocab_size=base_vocab_size,
                train_token_tables=False)
     cfg['llm'] = llm
-    tokenizer = cfg['tokenizer']
+    text = cfg['text_processor']
+    tokenizer = text['tokenizer']
     kept = {k: tokenizer[k] for k in _TOKENIZER_KEYS if k in tokenizer}
-    cfg['tokenizer'] = dict(type='PretrainedTokenizer', name_or_path=LLM_DIR, **kept)
+    text['tokenizer'] = dict(type='PretrainedTokenizer', name_or_path=LLM_DIR, **kept)
     encoder = cfg['vision_encoder']
     if isinstance(model.vision_encoder, CLIPVisionEncoder):
         # Rebuilt from its (already resized) config, without a download; the weights, in their
@@ -321,8 +322,15 @@ def read_export_info(folder: str) -> Dict[str, Any]:
                          f'version {FORMAT_VERSION}')
     llm_dir = osp.join(osp.abspath(folder), info['llm_dir'])
     model = info['model']
+    if 'text_processor' not in model:
+        # A folder written before the text processor held these three keys in the model.
+        model['text_processor'] = dict(
+            type='TextProcessor', tokenizer=model.pop('tokenizer'),
+            codebook=dict(model.pop('codebook', dict(type='SegCodebook')),
+                          num_scales=len(model['vision_encoder'].get('select_layers', (-2, -11)))),
+            use_im_start_end=model.pop('use_im_start_end', False))
     model['llm']['pretrained'] = llm_dir
-    model['tokenizer']['name_or_path'] = llm_dir
+    model['text_processor']['tokenizer']['name_or_path'] = llm_dir
     return info
 
 

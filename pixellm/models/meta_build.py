@@ -24,14 +24,19 @@ def offline_model_cfg(model_cfg: Dict) -> Dict:
                                  f'{shape_key} to build it without weights')
             part['pretrained'] = None
         cfg[key] = part
-    tokenizer = dict(cfg['tokenizer'])
+    if cfg.get('text_processor') is None:
+        raise ValueError('the model config has no text_processor; load the config with '
+                         'pixellm.utils.load_config, which hands it the config\'s text_processor')
+    text = dict(cfg['text_processor'])
+    tokenizer = dict(text['tokenizer'])
     if tokenizer.get('type') != 'TinyTokenizer':
         vocab = cfg['llm']['llm_config']['vocab_size']
-        from pixellm.models.tokenizers import build_tokenizer
+        from pixellm.text.tokenizers import build_tokenizer
         tiny_vocab = len(build_tokenizer(dict(type='TinyTokenizer')))
-        cfg['tokenizer'] = dict(
+        text['tokenizer'] = dict(
             type='TinyTokenizer', model_max_length=tokenizer.get('model_max_length', 512),
             extra_tokens=[f'<filler_{i}>' for i in range(vocab - tiny_vocab)])
+    cfg['text_processor'] = text
     return cfg
 
 

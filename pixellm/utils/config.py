@@ -197,7 +197,8 @@ def package_folders() -> Iterator[None]:
 
 def load_config(path: Union[str, os.PathLike], cfg_options: Optional[dict] = None,
                 import_plugins: bool = True) -> Config:
-    """Load a config file, merge overrides and import its ``custom_imports`` plugins.
+    """Load a config file, merge overrides, import its ``custom_imports`` plugins and hand its
+    ``text_processor`` to the model and the pipelines (:func:`share_text_processor`).
 
     Works the same for lazy (``with read_base()``) and plain configs. Before parsing, the
     config's directory, its project root and pixellm's root are put on ``sys.path`` so that
@@ -238,4 +239,6 @@ def load_config(path: Union[str, os.PathLike], cfg_options: Optional[dict] = Non
         cfg.merge_from_dict(cfg_options)
     if import_plugins:
         import_custom_modules(cfg, path)
+    from pixellm.text.sharing import share_text_processor
+    share_text_processor(cfg)
     return cfg

@@ -9,7 +9,8 @@ from mmengine import DefaultScope
 
 SCOPE = 'pixellm'
 # Packages whose import registers components; visualization is optional (may not exist yet).
-REQUIRED_PACKAGES = ('pixellm.models', 'pixellm.datasets', 'pixellm.evaluation', 'pixellm.engine')
+REQUIRED_PACKAGES = ('pixellm.text', 'pixellm.models', 'pixellm.datasets', 'pixellm.evaluation',
+                     'pixellm.engine')
 OPTIONAL_PACKAGES = ('pixellm.visualization', )
 
 

@@ -46,7 +46,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def padded_tokenizer(vocab_size: int, model_max_length: int):
     """The shipped tiny tokenizer with ``<filler_i>`` tokens up to ``vocab_size`` ids."""
-    from pixellm.models.tokenizers import build_tokenizer
+    from pixellm.text.tokenizers import build_tokenizer
     base = len(build_tokenizer(dict(type='TinyTokenizer')))
     if vocab_size < base:
         raise ValueError(f'the LLM vocabulary ({vocab_size}) is smaller than the shipped '

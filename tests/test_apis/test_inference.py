@@ -13,7 +13,6 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from pixellm.apis import InferenceInputError, build_conversation, inference, init_model
-from pixellm.datasets.chat_templates import encode_prompt
 from pixellm.models.export import CheckpointMismatchError
 from pixellm.registry import DATASETS
 from pixellm.utils import load_config
@@ -84,7 +83,7 @@ def test_multi_turn_prompt_holds_the_history(model):
     turns = build_conversation('And the blue one?', history=[('What is red?', 'It is x.')])
     assert [t['role'] for t in turns] == ['user', 'assistant', 'user']
     assert turns[0]['content'].startswith('<image>\n') and '<image>' not in turns[2]['content']
-    ids = encode_prompt(turns, model.tokenizer, 'vicuna_v1')
+    ids = model.text_processor.encode_prompt(turns)
     text = model.tokenizer.decode(ids[ids >= 0])
     assert text.index('What is red?') < text.index('It is x.') < text.index('And the blue one?')
 

@@ -94,10 +94,13 @@ def test_model_settings_reach_every_pipeline(size):
         assert [s['type'] for s in pipeline[-4:]] == [
             'ExpandSegTokens', 'TokenizeConversation', 'ResizeLongestSide', 'PackPixelLMInputs']
         expand, tokenize, resize = pipeline[-4], pipeline[-3], pipeline[-2]
-        assert expand['codebook'] == model.codebook == tokenize['codebook']
-        assert tokenize['tokenizer'] == model.tokenizer
-        assert tokenize['use_im_start_end'] is model.use_im_start_end is True
-        assert tokenize['template'] == 'vicuna_v1'
+        # One text processor, the config's, in the model and in both text steps.
+        assert expand['text_processor'] == model.text_processor == tokenize['text_processor'] \
+            == cfg.text_processor
+        text = model.text_processor
+        assert text.codebook == dict(type='SegCodebook', num_scales=2, tokens_per_scale=3)
+        assert text.use_im_start_end is True and text.chat_template == 'vicuna_v1'
+        assert text.tokenizer.name_or_path == model.llm.pretrained
         assert resize['size'] == model.vision_encoder.image_size == 448
     train_lengths = {steps(p, 'TokenizeConversation')[0]['max_length']
                      for p in pipelines(cfg)[:-2]}
@@ -224,8 +227,8 @@ def official_root(tmp_path_factory):
 def on_fixture(dataset_cfg, root):
     """A dataset config on the fixture: the fixture's data_root, the shipped tiny tokenizer."""
     cfg = dict(dataset_cfg, data_root=root, serialize_data=False)
-    cfg['pipeline'] = [dict(s, tokenizer=TINY_TOKENIZER) if s['type'] == 'TokenizeConversation'
-                       else s for s in dataset_cfg['pipeline']]
+    cfg['pipeline'] = [dict(s, text_processor=dict(s['text_processor'], tokenizer=TINY_TOKENIZER))
+                       if 'text_processor' in s else s for s in dataset_cfg['pipeline']]
     return cfg
 
 
@@ -243,7 +246,7 @@ def fixture_mix(root):
 
 
 def _tokenizer(dataset):
-    return next(t.tokenizer for t in dataset.pipeline.transforms
+    return next(t.text_processor.tokenizer for t in dataset.pipeline.transforms
                 if type(t).__name__ == 'TokenizeConversation')
 
 

@@ -10,8 +10,9 @@ import os.path as osp
 import pickle
 
 import numpy as np
-from mmengine.config import Config
 from PIL import Image
+
+from pixellm.utils.config import load_config
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DEMO_CONFIG = osp.join(REPO, 'projects/pixellm_tiny_demo/configs/pixellm_tiny_demo.py')
@@ -119,7 +120,7 @@ def run(transforms, results):
 
 @functools.lru_cache(maxsize=None)
 def _demo_config():
-    return Config.fromfile(DEMO_CONFIG)
+    return load_config(DEMO_CONFIG)
 
 
 def demo_pipeline(kind='train_pipeline', replace=None, insert_before=None):

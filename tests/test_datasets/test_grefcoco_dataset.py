@@ -74,7 +74,7 @@ def test_splits_are_matched_exactly_one_item_per_sentence_in_test_mode(root, spl
 
 
 def test_multi_target_expression_gives_one_mask_per_object(root):
-    out = run(TEST_STEPS + [ExpandSegTokens()],
+    out = run(TEST_STEPS + [ExpandSegTokens(dict(type='TextProcessor'))],
               gref_dataset(root, test_mode=True).get_data_info(0))
     assert out['gt_masks'].shape == (2, 20, 30)
     assert np.array_equal(out['gt_masks'][0], ANN_MASKS[11])
@@ -86,7 +86,7 @@ def test_multi_target_expression_gives_one_mask_per_object(root):
 
 
 def test_no_target_expression_gives_zero_targets_and_the_no_target_answer(root):
-    out = run(TEST_STEPS + [ExpandSegTokens()],
+    out = run(TEST_STEPS + [ExpandSegTokens(dict(type='TextProcessor'))],
               gref_dataset(root, test_mode=True).get_data_info(1))
     assert out['num_targets'] == 0 and out['gt_masks'].shape == (0, 20, 30)
     assert out['answer'] == NO_TARGET_ANSWER == 'Sorry, there is no such object in this image.'

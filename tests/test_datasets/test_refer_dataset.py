@@ -117,7 +117,7 @@ def test_masks_decode_to_the_annotated_regions(root):
 def test_test_pipeline_words_question_and_answer_as_the_official_validation(root):
     dataset = refer_dataset(root, test_mode=True)
     out = run([SampleReferPhrases(), BuildReferConversation(deterministic=True),
-               ExpandSegTokens()], dataset.get_data_info(2))
+               ExpandSegTokens(dict(type='TextProcessor'))], dataset.get_data_info(2))
     # The official validation lowercases the sentence ('Red Car' in the refs file).
     assert out['phrases'] == ['red car'] and out['num_targets'] == 1
     assert out['conversation'][0]['content'] == \

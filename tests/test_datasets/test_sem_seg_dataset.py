@@ -18,12 +18,14 @@ from pixellm.datasets.transforms import (BuildReferConversation, DecodeTargetMas
                                          LoadImageFromFile, SampleSemSegTargets)
 from pixellm.datasets.transforms.refer_conversation import (ONE_TARGET_ANSWER_TEMPLATES,
                                                             SHORT_QUESTION_TEMPLATES)
-from pixellm.models.codebooks.tokens import codebook_token_strings
-from pixellm.models.tokenizers import build_tokenizer
+from pixellm.text.codebook_tokens import codebook_token_strings
+from pixellm.text.tokenizers import build_tokenizer
 from pixellm.structures import PixelLMDataSample
 
 CODEBOOK = codebook_token_strings(2, 3)
 TOKENIZER = dict(type='TinyTokenizer', extra_tokens=CODEBOOK)
+# The default text processor: the tiny tokenizer (which gets CODEBOOK), a 2 x 3 codebook.
+TEXT_PROCESSOR = dict(type='TextProcessor')
 H, W = 12, 16
 
 
@@ -93,8 +95,8 @@ def full_pipeline():
         dict(type='SampleSemSegTargets', num_classes_per_question=3),
         dict(type='DecodeTargetMasks'),
         dict(type='BuildReferConversation', use_expand_question_list=True),
-        dict(type='ExpandSegTokens', codebook=dict(num_scales=2, tokens_per_scale=3)),
-        dict(type='TokenizeConversation', tokenizer=TOKENIZER, max_length=512),
+        dict(type='ExpandSegTokens', text_processor=TEXT_PROCESSOR),
+        dict(type='TokenizeConversation', text_processor=TEXT_PROCESSOR, max_length=512),
         dict(type='ResizeLongestSide', size=32),
         dict(type='PackPixelLMInputs'),
     ]

@@ -20,8 +20,8 @@ from pixellm.datasets.transforms import (BuildMuseConversation, DecodeTargetMask
 from pixellm.datasets.transforms.conversation import (EXPAND_LONG_QUESTION_TEMPLATES,
                                                       LONG_QUESTION_TEMPLATES, compose_answer)
 from pixellm.datasets.transforms.loading import decode_segmentation
-from pixellm.models.codebooks.tokens import codebook_token_strings
-from pixellm.models.tokenizers import build_tokenizer
+from pixellm.text.codebook_tokens import codebook_token_strings
+from pixellm.text.tokenizers import build_tokenizer
 from pixellm.structures import PixelLMDataSample
 from pixellm.utils.constants import IGNORE_INDEX
 
@@ -29,6 +29,8 @@ TINY = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'data', 'muse_t
 TINY_PREFIX = dict(img_path='images', train2017_img_path='images')
 CODEBOOK = codebook_token_strings(2, 3)
 TOKENIZER = dict(type='TinyTokenizer', extra_tokens=CODEBOOK)
+# The default text processor: the tiny tokenizer (which gets CODEBOOK), a 2 x 3 codebook.
+TEXT_PROCESSOR = dict(type='TextProcessor')
 
 
 def blob_mask():
@@ -50,8 +52,8 @@ def full_pipeline(max_length=512, deterministic=True):
         dict(type='SampleQuestion'),
         dict(type='DecodeTargetMasks'),
         dict(type='BuildMuseConversation', deterministic=deterministic),
-        dict(type='ExpandSegTokens', num_scales=2, tokens_per_scale=3),
-        dict(type='TokenizeConversation', tokenizer=TOKENIZER, max_length=max_length),
+        dict(type='ExpandSegTokens', text_processor=TEXT_PROCESSOR),
+        dict(type='TokenizeConversation', text_processor=TEXT_PROCESSOR, max_length=max_length),
         dict(type='ResizeLongestSide', size=48),
         dict(type='PackPixelLMInputs'),
     ]
@@ -253,7 +255,7 @@ def test_question_templates_and_the_expand_flag():
 
 def test_expand_seg_tokens_writes_one_codebook_per_target():
     results = run([SampleQuestion(), DecodeTargetMasks(),
-                   BuildMuseConversation(deterministic=True), ExpandSegTokens()], tiny_info(0))
+                   BuildMuseConversation(deterministic=True), ExpandSegTokens(TEXT_PROCESSOR)], tiny_info(0))
     target = ' '.join(CODEBOOK)
     assert results['answer'] == f'The square is {target} and the blob is {target}.'
     assert results['conversation'][1]['content'] == results['answer']
@@ -266,7 +268,7 @@ def test_expand_seg_tokens_rejects_a_count_mismatch():
                    BuildMuseConversation(deterministic=True)], tiny_info(1))
     results['conversation'][1]['content'] = 'It is {seg} or {seg}.'
     with pytest.raises(DatasetFormatError) as err:
-        ExpandSegTokens()(results)
+        ExpandSegTokens(TEXT_PROCESSOR)(results)
     assert err.value.field == 'text_answers[1]'
     assert err.value.record == 'record 0 (id=7), question 1'
     assert 'more {seg} than instances' in str(err.value)
@@ -277,7 +279,7 @@ def test_expand_seg_tokens_rejects_a_count_mismatch():
 
 def tokenized(info, **kwargs):
     return run([SampleQuestion(), DecodeTargetMasks(), BuildMuseConversation(deterministic=True),
-                ExpandSegTokens(), TokenizeConversation(tokenizer=TOKENIZER, **kwargs)], info)
+                ExpandSegTokens(TEXT_PROCESSOR), TokenizeConversation(TEXT_PROCESSOR, **kwargs)], info)
 
 
 def test_tokenized_labels_cover_every_codebook_token():
@@ -324,23 +326,25 @@ def test_overflow_skip_drops_a_sample_that_cannot_be_cut():
     text = ' '.join(r.getMessage() for r in records)
     assert 'record 0 (id=7), question 0' in text and 'skipped' in text
     with pytest.raises(ValueError, match="overflow must be 'error' or 'skip'"):
-        TokenizeConversation(tokenizer=TOKENIZER, overflow='drop')
+        TokenizeConversation(TEXT_PROCESSOR, overflow='drop')
 
 
 def test_tokenizer_without_codebook_tokens_is_rejected():
     transforms = [SampleQuestion(), DecodeTargetMasks(), BuildMuseConversation(deterministic=True),
-                  ExpandSegTokens(), TokenizeConversation(tokenizer=dict(type='TinyTokenizer'))]
+                  ExpandSegTokens(TEXT_PROCESSOR),
+                  TokenizeConversation(dict(TEXT_PROCESSOR, tokenizer=build_tokenizer(
+                      dict(type='TinyTokenizer'))))]
     with pytest.raises(ValueError, match=r"splits codebook token '\[SEG0\]'"):
         run(transforms, tiny_info(0))
 
 
 def test_tokenize_conversation_pickles_without_its_tokenizer():
-    transform = TokenizeConversation(tokenizer=TOKENIZER)
+    transform = TokenizeConversation(TEXT_PROCESSOR)
     info = run([SampleQuestion(), DecodeTargetMasks(), BuildMuseConversation(deterministic=True),
-                ExpandSegTokens()], tiny_info(0))
+                ExpandSegTokens(TEXT_PROCESSOR)], tiny_info(0))
     expected = transform(dict(info))['input_ids']
     clone = pickle.loads(pickle.dumps(transform))
-    assert clone._tokenizer is None
+    assert clone.text_processor._tokenizer is None
     assert torch.equal(clone(dict(info))['input_ids'], expected)
 
 
@@ -425,10 +429,10 @@ def test_test_items_cover_every_question_once():
             f'small yellow cat is {target} and dog is {target}.'
 
 
-def test_expand_seg_tokens_follows_a_shared_codebook_config():
+def test_expand_seg_tokens_follows_the_text_processors_codebook():
     from pixellm.datasets.transforms.conversation import ExpandSegTokens
     codebook = dict(type='SegCodebook', num_scales=1, tokens_per_scale=2)
-    step = ExpandSegTokens(codebook=codebook)
+    step = ExpandSegTokens(dict(TEXT_PROCESSOR, codebook=codebook))
     results = step(dict(conversation=[dict(role='user', content='<image>\nq'),
                                       dict(role='assistant', content='It is {seg}.')],
                         num_targets=1))

@@ -9,12 +9,14 @@ from PIL import Image
 
 from pixellm.datasets import DatasetFormatError, LLaVAInstructDataset
 from pixellm.datasets.transforms import BuildVQAConversation, DecodeTargetMasks, LoadImageFromFile
-from pixellm.models.codebooks.tokens import codebook_token_strings
-from pixellm.models.tokenizers import build_tokenizer
+from pixellm.text.codebook_tokens import codebook_token_strings
+from pixellm.text.tokenizers import build_tokenizer
 from pixellm.utils.constants import IGNORE_INDEX
 
 CODEBOOK = codebook_token_strings(2, 3)
 TOKENIZER = dict(type='TinyTokenizer', extra_tokens=CODEBOOK)
+# The default text processor: the tiny tokenizer (which gets CODEBOOK), a 2 x 3 codebook.
+TEXT_PROCESSOR = dict(type='TextProcessor')
 ANN = 'llava_dataset/llava_instruct_150k.json'
 
 RECORDS = [
@@ -90,8 +92,8 @@ def test_full_pipeline_supervises_every_answer(tmp_path):
         dict(type='LoadImageFromFile'),
         dict(type='BuildVQAConversation'),
         dict(type='DecodeTargetMasks'),
-        dict(type='ExpandSegTokens', num_scales=2, tokens_per_scale=3),
-        dict(type='TokenizeConversation', tokenizer=TOKENIZER, max_length=512),
+        dict(type='ExpandSegTokens', text_processor=TEXT_PROCESSOR),
+        dict(type='TokenizeConversation', text_processor=TEXT_PROCESSOR, max_length=512),
         dict(type='ResizeLongestSide', size=28),
         dict(type='PackPixelLMInputs'),
     ]

@@ -2,9 +2,10 @@
 import pytest
 import torch
 
-from pixellm.datasets.chat_templates import encode_conversation
-from pixellm.models.codebooks import SegCodebook, count_seg_placeholders
-from pixellm.models.tokenizers import build_tokenizer
+from pixellm.text.chat_templates import encode_conversation
+from pixellm.models.codebooks import SegCodebook
+from pixellm.text.codebook_tokens import count_seg_placeholders
+from pixellm.text.tokenizers import build_tokenizer
 
 
 def make(num_scales=2, tokens_per_scale=3, **kwargs):

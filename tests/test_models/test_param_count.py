@@ -10,8 +10,8 @@ import os.path as osp
 
 import pytest
 from conftest import REPO
-from mmengine.config import Config
 
+from pixellm.utils.config import load_config
 from pixellm.models.meta_build import build_on_meta, count_parameters
 
 
@@ -68,7 +68,7 @@ def official_pixellm(vocab, h, inter, layers, scales=2):
     ('pixellm_13b.py', (5120, 13824, 40)),
 ])
 def test_meta_parameter_count_matches_official_architecture(config, shape):
-    cfg = Config.fromfile(osp.join(REPO, 'configs', '_base_', 'models', config))
+    cfg = load_config(osp.join(REPO, 'configs', '_base_', 'models', config))
     model = build_on_meta(cfg.model)
     total, trainable = count_parameters(model)
     h, inter, layers = shape

@@ -131,7 +131,8 @@ def test_config_swaps_reach_the_built_model():
     cfg = tiny_model_cfg()
     cfg['projector'] = dict(type='MLPProjector', num_layers=1)
     cfg['llm'] = dict(cfg['llm'], lora=None)
-    cfg['codebook'] = dict(type='SegCodebook', tokens_per_scale=2)
+    cfg['text_processor'] = dict(cfg['text_processor'], codebook=dict(
+        type='SegCodebook', num_scales=1, tokens_per_scale=2))
     cfg['vision_encoder'] = dict(cfg['vision_encoder'], select_layers=(-2,))
     model = MODELS.build(cfg)
     assert len(model.projector.layers) == 1
@@ -160,11 +161,19 @@ def test_unknown_type_names_registry_scope_and_close_names():
 
 def test_missing_component_error_says_what_to_add():
     cfg = tiny_model_cfg()
-    del cfg['codebook']
-    with pytest.raises(ValueError, match=r"missing \['codebook'\]"):
+    del cfg['text_processor']
+    with pytest.raises(ValueError, match=r"missing \['text_processor'\]"):
         MODELS.build(cfg)
     with pytest.raises(ValueError, match='mask_projector'):
         build_tiny(mask_projector=None)
+
+
+def test_codebook_encoder_mismatch_error_names_the_text_processor():
+    cfg = tiny_model_cfg()
+    cfg['vision_encoder'] = dict(cfg['vision_encoder'], select_layers=(-2, ))
+    with pytest.raises(ValueError, match=r'text_processor.codebook has 2 scale\(s\) but the '
+                       r'vision encoder returns 1'):
+        MODELS.build(cfg)
 
 
 def test_codebook_decoder_mismatch_error():

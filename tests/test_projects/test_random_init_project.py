@@ -16,10 +16,10 @@ CONFIG = osp.join(PROJECT, 'configs', 'pixellm_7b_lora_random_muse.py')
 RECIPE = osp.join(REPO, 'configs', 'pixellm', 'pixellm_7b_lora_8xb2_ga10_5k_mix.py')
 
 
-def _tokenizer_cfgs(cfg):
+def _text_processor_cfgs(cfg):
     loaders = (cfg.train_dataloader, cfg.test_dataloader)
-    return [step['tokenizer'] for loader in loaders for step in loader['dataset']['pipeline']
-            if 'tokenizer' in step]
+    return [step['text_processor'] for loader in loaders for step in loader['dataset']['pipeline']
+            if 'text_processor' in step]
 
 
 def test_config_is_the_recipe_on_the_random_folders():
@@ -27,16 +27,18 @@ def test_config_is_the_recipe_on_the_random_folders():
     model, base = cfg.model.to_dict(), recipe.model.to_dict()
     assert model['llm'].pop('pretrained') == 'work_dirs/random_7b/llava'
     assert model['vision_encoder'].pop('pretrained') == 'work_dirs/random_7b/clip'
-    assert model['tokenizer'].pop('name_or_path') == 'work_dirs/random_7b/llava'
+    assert model['text_processor']['tokenizer'].pop('name_or_path') == \
+        'work_dirs/random_7b/llava'
     assert model.pop('max_new_tokens') == 64
     assert base['llm'].pop('pretrained') == 'LLaVA-Lightning-7B-v1-1'
     assert base['vision_encoder'].pop('pretrained') == 'openai/clip-vit-large-patch14-336'
-    assert base['tokenizer'].pop('name_or_path') == 'LLaVA-Lightning-7B-v1-1'
+    assert base['text_processor']['tokenizer'].pop('name_or_path') == \
+        'LLaVA-Lightning-7B-v1-1'
     assert base.pop('max_new_tokens') == 512
     # Everything else is the recipe's: architecture, dtypes, LoRA, trainable set, losses.
     assert model == base
-    tokenizers = _tokenizer_cfgs(cfg)
-    assert len(tokenizers) == 2 and all(t == cfg.model.tokenizer for t in tokenizers)
+    processors = _text_processor_cfgs(cfg)
+    assert len(processors) == 4 and all(t == cfg.model.text_processor for t in processors)
     wrapper = cfg.optim_wrapper.to_dict()
     assert wrapper.pop('accumulative_counts') == 1
     assert recipe.optim_wrapper.to_dict() | {'accumulative_counts': 1} == \
@@ -57,7 +59,7 @@ def make_weights():
 
 def test_written_folders_load_as_the_config_loads_checkpoints(make_weights, tmp_path):
     from pixellm.models.llms import HFCausalLM
-    from pixellm.models.tokenizers import build_tokenizer
+    from pixellm.text.tokenizers import build_tokenizer
     from pixellm.models.vision_encoders import CLIPVisionEncoder
     out = tmp_path / 'random'
     # A vocabulary larger than the shipped tokenizer's 1024 ids: the rest are filler tokens.

@@ -5,7 +5,6 @@ import os.path as osp
 
 import pytest
 import torch
-from mmengine.config import Config
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -118,7 +117,7 @@ def test_training_multipliers_follow_what_trains(bench):
 
 
 def test_7b_flops_per_token_equal_hand_formula(bench):
-    cfg = Config.fromfile(MODEL_7B_CFG).model
+    cfg = load_config(MODEL_7B_CFG).model
     model = build_on_meta(cfg)  # meta device: shapes only, no memory, no download
     llama = cfg.llm.llm_config
     d, ffn, layers = llama.hidden_size, llama.intermediate_size, llama.num_hidden_layers
@@ -134,7 +133,7 @@ def test_7b_flops_per_token_equal_hand_formula(bench):
 
 def test_7b_synthetic_batch_fills_the_token_budget(bench):
     """The 7B config's download-only tokenizer falls back to the padded tiny one."""
-    model = build_on_meta(Config.fromfile(MODEL_7B_CFG).model)
+    model = build_on_meta(load_config(MODEL_7B_CFG).model)
     images, samples = bench.synthetic_batch(model, 1, 512, 3)
     assert images[0].shape == (3, 448, 448)
     assert len(samples[0].input_ids) - 1 + 256 == 512

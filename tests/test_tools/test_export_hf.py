@@ -137,6 +137,25 @@ def test_config_switch_builds_from_a_moved_folder(trained, exported, tmp_path):
     assert torch.equal(model.pixel_decoder.mask_tokens.weight, before)
 
 
+def test_a_folder_from_before_the_text_processor_still_loads(trained, exported, tmp_path):
+    from pixellm.models import load_exported
+    from pixellm.models.export import CONFIG_FILE
+    folder = str(tmp_path / 'old')
+    shutil.copytree(exported, folder)
+    with open(osp.join(folder, CONFIG_FILE)) as f:
+        info = json.load(f)
+    # The layout of earlier exports: tokenizer, codebook and use_im_start_end in the model.
+    text = info['model'].pop('text_processor')
+    info['model'].update(tokenizer=text['tokenizer'], use_im_start_end=text['use_im_start_end'],
+                         codebook={k: v for k, v in text['codebook'].items()
+                                   if k != 'num_scales'})
+    with open(osp.join(folder, CONFIG_FILE), 'w') as f:
+        json.dump(info, f)
+    model = load_exported(folder)
+    assert model.codebook.token_ids == trained[0].codebook.token_ids
+    assert model.text_processor.codebook_tokens == trained[0].codebook.tokens
+
+
 def test_overrides_that_change_shapes_are_refused(exported):
     from pixellm.models import CheckpointMismatchError, load_exported
     shape = re.escape('pixel_decoder.iou_token.weight (file (1, 64), model (1, 32))')

@@ -13,7 +13,7 @@ import os.path as osp
 
 import pytest
 import torch
-from mmengine.config import Config
+from pixellm.utils.config import load_config
 
 from conftest import REPO, load_tool
 
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.full_width
 def test_7b_recipe_trains_a_bf16_step_and_generates_a_target_with_its_mask():
     bench = load_tool('analysis/benchmark')
     from pixellm.models.meta_build import build_random_init
-    cfg = Config.fromfile(RECIPE)
+    cfg = load_config(RECIPE)
     cfg.merge_from_dict({'model.llm.llm_config.num_hidden_layers': 2})
     model = build_random_init(cfg.model)
     llm = model.llm.hf_model

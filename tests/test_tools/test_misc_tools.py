@@ -91,10 +91,10 @@ def test_print_config_applies_options_and_saves(tmp_path, capsys):
 
 
 def test_trivial_baselines_score_with_every_metric_of_the_config(scenes):
-    from mmengine.config import Config
+    from pixellm.utils.config import load_config
 
     from tools.analysis.trivial_baselines import evaluate_baselines
-    cfg = Config.fromfile(DEMO_CFG)
+    cfg = load_config(DEMO_CFG)
     dataset = dict(cfg.test_dataloader.dataset, data_root=scenes + '/')
     results = evaluate_baselines(dataset, cfg.test_evaluator)
     assert set(results) == {'empty', 'full', 'union_of_objects'}

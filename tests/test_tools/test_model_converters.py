@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pixellm.utils.config import load_config
 from pixellm.engine import load_checkpoint_safely
 from pixellm.models.converters import (checkpoint_files, convert_official_pixellm,
                                        load_hf_state_dict)
@@ -502,9 +503,8 @@ def test_token_rows_and_clip_must_fit_the_model(tiny_official, tiny_target):
 @pytest.mark.parametrize('name', ['pixellm_7b', 'pixellm_13b'])
 def test_released_layouts_fill_the_7b_and_13b_models_exactly(name):
     """The official 7B/13B key set and shapes, built on the meta device, fill our model exactly."""
-    from mmengine.config import Config
     from transformers import CLIPVisionConfig, CLIPVisionModel
-    cfg = Config.fromfile(osp.join(REPO, 'configs', '_base_', 'models', f'{name}.py')).model
+    cfg = load_config(osp.join(REPO, 'configs', '_base_', 'models', f'{name}.py')).model
     target = build_on_meta(cfg).state_dict()
     llama = {k: v for k, v in cfg.llm.llm_config.items() if k != 'model_type'}
     with torch.device('meta'):
@@ -569,11 +569,9 @@ def official_trainable_set(official, lora_targets, r):
 @pytest.mark.parametrize('name', ['pixellm_7b_lora_8xb2_ga10_5k_mix', 'pixellm_13b_lora_8xb2_ga10_5k_mix'])
 def test_recipes_train_what_the_official_train_ds_trains(name):
     """The recipe's trainable weights are the official rule applied to the official names."""
-    from mmengine.config import Config
-
     from pixellm.models.converters.official_pixellm import canonical_key
     from pixellm.models.meta_build import count_parameters
-    cfg = Config.fromfile(osp.join(REPO, 'configs', 'pixellm', f'{name}.py')).model
+    cfg = load_config(osp.join(REPO, 'configs', 'pixellm', f'{name}.py')).model
     model = build_on_meta(cfg)
     llama = {k: v for k, v in cfg.llm.llm_config.items() if k != 'model_type'}
     lora = cfg.llm.lora

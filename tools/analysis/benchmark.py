@@ -332,7 +332,6 @@ def synthetic_batch(model, batch: int, seq_len: int, targets: int, seed: int = 0
     """
     from mmengine.structures import InstanceData
 
-    from pixellm.datasets.chat_templates import encode_conversation, encode_prompt
     from pixellm.structures import PixelLMDataSample
     size = model.vision_encoder.image_size
     image_tokens = model.llm_image_grid ** 2
@@ -340,11 +339,11 @@ def synthetic_batch(model, batch: int, seq_len: int, targets: int, seed: int = 0
     g = torch.Generator().manual_seed(seed)
     answer = 'They are ' + ' and '.join([model.codebook.target_text] * targets) + '.' \
         + ' filler' * seq_len
-    user = dict(role='user', content='<image>\n' + QUESTION)
+    text = model.text_processor
+    user = dict(role='user', content=text.image_turn(QUESTION))
     messages = [user, dict(role='assistant', content=answer)]
     try:
-        enc = encode_conversation(messages, model.tokenizer, 'vicuna_v1',
-                                  max_length=text_budget, use_im_start_end=model.use_im_start_end)
+        enc = text.encode_conversation(messages, max_length=text_budget)
     except ValueError as err:
         raise ValueError(f'--seq-len {seq_len} ({image_tokens} image tokens) leaves no room for '
                          f'the answer; raise it ({err})') from err
@@ -354,8 +353,7 @@ def synthetic_batch(model, batch: int, seq_len: int, targets: int, seed: int = 0
     written = model.codebook.count_targets(enc['input_ids'][None], strict=False)[0]
     if written != targets:
         raise ValueError(f'--seq-len {seq_len} leaves room for {written} of {targets} targets')
-    prompt = encode_prompt([user], model.tokenizer, 'vicuna_v1',
-                           use_im_start_end=model.use_im_start_end)
+    prompt = text.encode_prompt([user])
     images, samples = [], []
     for i in range(batch):
         sample = PixelLMDataSample(metainfo=dict(ori_shape=(size, size), img_path=f'synth{i}',

@@ -19,7 +19,7 @@ from mmengine.config import DictAction
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 from pixellm.visualization import render_mask_overlay  # noqa: E402
-from pixellm.models.codebooks.tokens import codebook_cfg_tokens, target_string  # noqa: E402
+from pixellm.text.codebook_tokens import codebook_cfg_tokens, target_string  # noqa: E402
 from pixellm.registry import DATASETS  # noqa: E402
 from pixellm.utils.cli import add_debug_argument, cli_main  # noqa: E402
 from pixellm.utils.config import load_config  # noqa: E402

@@ -13,19 +13,9 @@ with read_base():
     from .pixellm_7b_lora_8xb2_ga10_5k_mix import *  # noqa: F401,F403
     from .._base_.models.pixellm_13b import llama2_13b, llava_path  # noqa: F401
 
-# The LLM and its tokenizer change; the tokenizer config is shared by the model and every
-# pipeline, so it is replaced in all of them.
+# The LLM and its tokenizer change; the text processor is shared by the model and every
+# pipeline, so changing its tokenizer here changes them all.
 model['llm'].update(pretrained=llava_path, llm_config=llama2_13b)  # noqa: F405
-tokenizer = dict(tokenizer, name_or_path=llava_path)  # noqa: F405
-model.update(tokenizer=tokenizer)  # noqa: F405
-for _sources in train_dataloader['dataset']['groups'].values():  # noqa: F405
-    for _source in _sources:
-        for _step in _source['pipeline']:
-            if 'tokenizer' in _step:
-                _step['tokenizer'] = tokenizer
-for _pipeline in (val_dataloader['dataset']['pipeline'],  # noqa: F405
-                  test_dataloader['dataset']['pipeline'], train_tail, test_tail):  # noqa: F405
-    for _step in _pipeline:
-        if 'tokenizer' in _step:
-            _step['tokenizer'] = tokenizer
-del _sources, _source, _pipeline, _step  # loop names are not config keys
+text_processor = dict(text_processor,  # noqa: F405
+                      tokenizer=dict(text_processor['tokenizer'],  # noqa: F405
+                                     name_or_path=llava_path))

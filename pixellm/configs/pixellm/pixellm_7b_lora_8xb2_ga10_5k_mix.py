@@ -16,7 +16,6 @@ with read_base():
 # ================================ settings ================================
 num_gpus = 8                     # world size the recipe assumes; only the mix length depends on it
 batch_size = 2                   # --batch_size, per GPU and micro-step
-chat_template = 'vicuna_v1'      # --conv_type llava_v1 (train_ds.py default)
 model_max_length = 512           # --model_max_length
 # The official collate_fn cuts every training sequence to model_max_length - 255 ids, the image
 # counting as one id, so that the 256 image tokens keep the LLM within model_max_length.
@@ -27,23 +26,20 @@ samples_per_epoch = batch_size * grad_accumulation_steps * steps_per_epoch * num
 # mmengine counts micro-batches as iterations.
 iters_per_epoch = steps_per_epoch * grad_accumulation_steps  # noqa: F405
 
-# ========================== model and tokenizer ===========================
-# One codebook config and one tokenizer config shared by the model and the pipelines, so both
-# agree on the codebook tokens and their ids.
-codebook = dict(type='SegCodebook', num_scales=image_feature_scale_num,  # noqa: F405
-                tokens_per_scale=seg_token_num)  # noqa: F405
-tokenizer = dict(model['tokenizer'], model_max_length=model_max_length)  # noqa: F405
-model.update(codebook=codebook, tokenizer=tokenizer)  # noqa: F405
+# =========================== model and text ==============================
+# The model is _base_/models/pixellm_7b.py. Its text_processor (tokenizer, codebook, chat template
+# --conv_type llava_v1, <im_start>/<im_end>) is shared by the model and every pipeline step.
+text_processor = dict(text_processor,  # noqa: F405
+                      tokenizer=dict(text_processor['tokenizer'],  # noqa: F405
+                                     model_max_length=model_max_length))
 
 # ================================== data ==================================
 # Shared tail of every pipeline: write each target as the codebook's tokens, apply the LLM's chat
-# template, resize the longest side to the encoder size (--pad_train_clip_images; the data
-# preprocessor pads), pack.
+# template (both with the text processor), resize the longest side to the encoder size
+# (--pad_train_clip_images; the data preprocessor pads), pack.
 train_tail = [
-    dict(type='ExpandSegTokens', codebook=codebook),
-    dict(type='TokenizeConversation', tokenizer=tokenizer, codebook=codebook,
-         template=chat_template, max_length=max_text_length,
-         use_im_start_end=model['use_im_start_end'],  # noqa: F405
+    dict(type='ExpandSegTokens'),
+    dict(type='TokenizeConversation', max_length=max_text_length,
          # A sample whose targets do not fit is drawn again instead of stopping the run (the
          # official collate_fn cuts it silently, leaving masks without their tokens).
          overflow='skip'),

@@ -13,14 +13,10 @@ data_root = 'data/muse_demo/'
 max_iters = 2400
 batch_size = 8
 
-# One codebook config and one tokenizer config shared by the model and the pipeline, so both
-# agree on the codebook tokens and their ids; an ablation changes `codebook` in one place.
-codebook = dict(type='SegCodebook', num_scales=image_feature_scale_num,  # noqa: F405
-                tokens_per_scale=seg_token_num)  # noqa: F405
-tokenizer = dict(type='TinyTokenizer', model_max_length=512)
+# The text side (tokenizer, codebook, chat template) is `text_processor` of
+# _base_/models/pixellm_tiny.py, shared by the model and the pipelines; an ablation changes it in
+# one place.
 model.update(  # noqa: F405
-    codebook=codebook,
-    tokenizer=tokenizer,
     # Random-init CLIP and LLaMA are trained whole; with real CLIP/LLaVA weights (the 7B/13B
     # recipes) CLIP stays frozen and the LLM gets LoRA.
     vision_encoder=dict(model['vision_encoder'], frozen=False),  # noqa: F405
@@ -31,9 +27,8 @@ train_pipeline = [
     dict(type='SampleQuestion'),
     dict(type='DecodeTargetMasks'),
     dict(type='BuildMuseConversation'),
-    dict(type='ExpandSegTokens', codebook=codebook),
-    dict(type='TokenizeConversation', tokenizer=tokenizer, codebook=codebook,
-         template='vicuna_v1', max_length=512),
+    dict(type='ExpandSegTokens'),
+    dict(type='TokenizeConversation', max_length=512),
     dict(type='ResizeLongestSide', size=image_size),  # noqa: F405
     dict(type='PackPixelLMInputs'),
 ]
@@ -42,9 +37,8 @@ test_pipeline = [
     dict(type='SampleQuestion'),
     dict(type='DecodeTargetMasks'),
     dict(type='BuildMuseConversation', deterministic=True),
-    dict(type='ExpandSegTokens', codebook=codebook),
-    dict(type='TokenizeConversation', tokenizer=tokenizer, codebook=codebook,
-         template='vicuna_v1', max_length=512),
+    dict(type='ExpandSegTokens'),
+    dict(type='TokenizeConversation', max_length=512),
     dict(type='ResizeLongestSide', size=image_size),  # noqa: F405
     dict(type='PackPixelLMInputs'),
 ]

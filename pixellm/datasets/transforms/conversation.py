@@ -12,13 +12,15 @@ import torch
 from mmcv.transforms import BaseTransform
 from mmengine.logging import print_log
 
-from pixellm.datasets.chat_templates import (DEFAULT_CHAT_TEMPLATE, encode_conversation,
-                                             encode_prompt)
 from pixellm.datasets.muse_dataset import DatasetFormatError, record_context
-from pixellm.models.codebooks.tokens import (codebook_cfg_tokens, codebook_token_strings,
-                                             count_seg_placeholders, expand_seg_placeholders)
 from pixellm.registry import TRANSFORMS
+from pixellm.text import build_text_processor
 from pixellm.utils.constants import DEFAULT_IMAGE_TOKEN, SEG_PLACEHOLDER
+
+# A tokenizing step built outside load_config (which hands out the config's text processor).
+MISSING_PROCESSOR = ('{name} needs the model\'s text_processor: set the config\'s top-level '
+                     'text_processor key and load the config with pixellm.utils.load_config (as '
+                     'the tools do), or pass text_processor=dict(type=\'TextProcessor\', ...)')
 
 # The official LONG_QUESTION_LIST: a MUSE question is a full sentence, the template asks for masks.
 LONG_QUESTION_TEMPLATES = (
@@ -216,35 +218,26 @@ class BuildMuseConversation(BaseTransform):
 class ExpandSegTokens(BaseTransform):
     """Replace each ``{seg}`` in the assistant turns by one target's codebook tokens.
 
-    A target becomes ``num_scales * tokens_per_scale`` tokens (``[SEG0] ... [SEG5]`` by default,
-    the seed recipe's 2 scales x 3 tokens). The placeholders must match the targets one to one,
-    since the model pairs the k-th target's tokens with the k-th mask.
+    A target becomes the text processor's ``num_scales * tokens_per_scale`` codebook tokens
+    (``[SEG0] ... [SEG5]`` for the seed recipe's 2 scales x 3 tokens). The placeholders must match
+    the targets one to one, since the model pairs the k-th target's tokens with the k-th mask.
 
     Required keys: ``conversation``, and ``gt_masks`` (or ``num_targets`` when masks are not
     decoded). Updated keys: ``conversation``, ``answer``. Added keys: ``codebook_tokens``.
 
     Args:
-        num_scales (int): Image-feature scales. Defaults to 2.
-        tokens_per_scale (int): Tokens per scale. Defaults to 3.
-        token_format (str): Token string format. Defaults to ``'[SEG{}]'``.
-        codebook (dict, optional): The model's ``SegCodebook`` config; when given, its
-            ``num_scales``/``tokens_per_scale``/``token_format`` replace the arguments above, so a
-            config that shares one codebook dict between model and pipeline changes both at once.
+        text_processor (dict | TextProcessor): The model's text processor. In a config leave it
+            out: ``load_config`` hands every such step the config's ``text_processor``.
 
     Raises:
         DatasetFormatError: The number of placeholders differs from the number of masks.
     """
 
-    def __init__(self, num_scales: int = 2, tokens_per_scale: int = 3,
-                 token_format: str = '[SEG{}]', codebook: Optional[dict] = None) -> None:
-        if codebook is not None:
-            num_scales = codebook.get('num_scales', num_scales)
-            tokens_per_scale = codebook.get('tokens_per_scale', tokens_per_scale)
-            token_format = codebook.get('token_format', token_format)
-        self.tokens = codebook_token_strings(num_scales, tokens_per_scale, token_format)
-        self.num_scales = num_scales
-        self.tokens_per_scale = tokens_per_scale
-        self.token_format = token_format
+    def __init__(self, text_processor=None) -> None:
+        if text_processor is None:
+            raise ValueError(MISSING_PROCESSOR.format(name=type(self).__name__))
+        self.text_processor = build_text_processor(text_processor)
+        self.tokens = list(self.text_processor.codebook_tokens)
 
     def transform(self, results: dict) -> dict:
         """Expand the placeholders.
@@ -263,7 +256,7 @@ class ExpandSegTokens(BaseTransform):
             raise KeyError('ExpandSegTokens needs "gt_masks" (DecodeTargetMasks) or '
                            '"num_targets" (SampleQuestion) to check the answer')
         conversation = results['conversation']
-        found = sum(count_seg_placeholders(m['content']) for m in conversation
+        found = sum(self.text_processor.count_targets(m['content']) for m in conversation
                     if m['role'] == 'assistant')
         if found != expected:
             ctx = record_context(results)
@@ -274,7 +267,7 @@ class ExpandSegTokens(BaseTransform):
                 f'{relation} {SEG_PLACEHOLDER} than instances: {found} {SEG_PLACEHOLDER} in the '
                 f'answer for {expected} target masks')
         results['conversation'] = [
-            dict(m, content=expand_seg_placeholders(m['content'], self.tokens))
+            dict(m, content=self.text_processor.expand_targets(m['content']))
             if m['role'] == 'assistant' else dict(m) for m in conversation
         ]
         answers = [m['content'] for m in results['conversation'] if m['role'] == 'assistant']
@@ -284,22 +277,17 @@ class ExpandSegTokens(BaseTransform):
         return results
 
     def __repr__(self) -> str:
-        return (f'{self.__class__.__name__}(num_scales={self.num_scales}, tokens_per_scale='
-                f'{self.tokens_per_scale}, token_format={self.token_format!r})')
-
-
-# The tokenizer of the default pipeline must know the default codebook's tokens.
-DEFAULT_TOKENIZER = dict(type='TinyTokenizer', extra_tokens=tuple(codebook_token_strings(2, 3)))
+        return f'{self.__class__.__name__}(text_processor={self.text_processor!r})'
 
 
 @TRANSFORMS.register_module()
 class TokenizeConversation(BaseTransform):
-    """Tokenize the conversation with a chat template: ``input_ids``, ``labels``, ``prompt_ids``.
+    """Tokenize the conversation with the text processor: ``input_ids``, ``labels``, ``prompt_ids``.
 
     ``labels`` supervise the answers only (see ``encode_conversation``); ``prompt_ids`` encode the
     conversation without its final answer and end with the assistant's role tag, for generation.
-    The tokenizer is built on first use from ``tokenizer`` (the same config the model uses, so the
-    codebook tokens get the same ids) and kept.
+    The tokenizer, chat template and image placeholder are the text processor's, the one the
+    model uses, so the codebook tokens get the model's ids.
 
     Length: ``max_length`` counts ids with the image as one placeholder id; the LLM sees
     ``num_image_tokens - 1`` more positions (the official recipe's 512-token budget with 256 image
@@ -317,13 +305,10 @@ class TokenizeConversation(BaseTransform):
     Added keys: ``input_ids``, ``labels``, ``prompt_ids`` (``torch.LongTensor``).
 
     Args:
-        tokenizer (dict | PreTrainedTokenizerBase): Tokenizer config for ``build_tokenizer`` or
-            a tokenizer. Defaults to the tiny tokenizer with the default codebook's tokens
-            (:data:`DEFAULT_TOKENIZER`).
-        template (str): Chat template name. Defaults to ``'vicuna_v1'``.
+        text_processor (dict | TextProcessor): The model's text processor. In a config leave it
+            out: ``load_config`` hands every such step the config's ``text_processor``.
         max_length (int, optional): Maximum ids per sample (see above); None for no limit.
             Defaults to 512.
-        use_im_start_end (bool): Wrap the image in ``<im_start>``/``<im_end>``. Defaults to False.
         overflow (str): What a conversation that cannot be cut to ``max_length`` (codebook tokens
             or all supervision would be lost) does: ``'error'`` raises, ``'skip'`` drops the
             sample (returns None; use only in training pipelines, where mmengine refetches).
@@ -331,51 +316,20 @@ class TokenizeConversation(BaseTransform):
 
     Raises:
         DatasetFormatError: Truncation would drop codebook tokens (``overflow='error'``).
-        ValueError: The tokenizer does not hold a codebook token as one token (checked for every
-            sample that went through ``ExpandSegTokens``).
+        ValueError: The tokenizer does not hold a codebook token as one token.
     """
 
-    def __init__(self, tokenizer=DEFAULT_TOKENIZER, template: str = DEFAULT_CHAT_TEMPLATE,
-                 max_length: Optional[int] = 512, use_im_start_end: bool = False,
-                 codebook: Optional[dict] = None, overflow: str = 'error') -> None:
+    def __init__(self, text_processor=None, max_length: Optional[int] = 512,
+                 overflow: str = 'error') -> None:
+        if text_processor is None:
+            raise ValueError(MISSING_PROCESSOR.format(name=type(self).__name__))
         if max_length is not None and max_length < 1:
             raise ValueError(f'max_length must be positive or None, got {max_length}')
         if overflow not in ('error', 'skip'):
             raise ValueError(f"overflow must be 'error' or 'skip', got {overflow!r}")
         self.overflow = overflow
-        if codebook is not None and isinstance(tokenizer, dict):
-            from pixellm.models.tokenizers import codebook_tokenizer_cfg
-            tokenizer = codebook_tokenizer_cfg(tokenizer, codebook_cfg_tokens(codebook),
-                                               use_im_start_end)
-        self.tokenizer_cfg = tokenizer
-        self._tokenizer = None
-        self._codebook_id_cache: dict = {}
-        self.template = template
+        self.text_processor = build_text_processor(text_processor)
         self.max_length = max_length
-        self.use_im_start_end = use_im_start_end
-
-    @property
-    def tokenizer(self):
-        """The tokenizer, built on first use."""
-        if self._tokenizer is None:
-            from pixellm.models.tokenizers import build_tokenizer
-            self._tokenizer = build_tokenizer(self.tokenizer_cfg)
-        return self._tokenizer
-
-    def _codebook_ids(self, tokens: Sequence[str]) -> List[int]:
-        tokens = tuple(tokens)
-        if tokens not in self._codebook_id_cache:
-            ids = []
-            for token in tokens:
-                encoded = self.tokenizer.encode(token, add_special_tokens=False)
-                if len(encoded) != 1:
-                    raise ValueError(
-                        f'the tokenizer splits codebook token {token!r} into {len(encoded)} ids; '
-                        'add the codebook tokens to the tokenizer config (extra_tokens=...) that '
-                        'both the model and the pipeline use')
-                ids.append(encoded[0])
-            self._codebook_id_cache[tokens] = ids
-        return self._codebook_id_cache[tokens]
 
     def transform(self, results: dict) -> dict:
         """Tokenize.
@@ -387,12 +341,12 @@ class TokenizeConversation(BaseTransform):
             dict: ``results`` with ``input_ids``, ``labels`` and ``prompt_ids``.
         """
         conversation = results['conversation']
-        encoded = encode_conversation(conversation, self.tokenizer, template=self.template,
-                                      max_length=None, use_im_start_end=self.use_im_start_end)
+        processor = self.text_processor
+        encoded = processor.encode_conversation(conversation)
         input_ids, labels = encoded['input_ids'], encoded['labels']
         # Checked on every sample, not only when truncating: a tokenizer that splits the codebook
         # tokens trains the wrong ids silently.
-        codebook_ids = self._codebook_ids(results.get('codebook_tokens', ()))
+        codebook_ids = processor.codebook_token_ids if 'codebook_tokens' in results else []
         if self.max_length is not None and len(input_ids) > self.max_length:
             try:
                 input_ids, labels = self._cut(results, conversation, input_ids, codebook_ids)
@@ -405,9 +359,7 @@ class TokenizeConversation(BaseTransform):
                 return None
         results['input_ids'] = input_ids
         results['labels'] = labels
-        results['prompt_ids'] = encode_prompt(conversation[:-1], self.tokenizer,
-                                              template=self.template,
-                                              use_im_start_end=self.use_im_start_end)
+        results['prompt_ids'] = processor.encode_prompt(conversation[:-1])
         return results
 
     def _cut(self, results: dict, conversation, input_ids: torch.Tensor,
@@ -423,21 +375,10 @@ class TokenizeConversation(BaseTransform):
                 f'{self.max_length} would drop {lost} codebook token(s) of its targets; '
                 'raise max_length or shorten the question/answer')
         # encode_conversation checks that the image and some supervision survive the cut.
-        encoded = encode_conversation(conversation, self.tokenizer, template=self.template,
-                                      max_length=self.max_length,
-                                      use_im_start_end=self.use_im_start_end)
+        encoded = self.text_processor.encode_conversation(conversation,
+                                                          max_length=self.max_length)
         return encoded['input_ids'], encoded['labels']
 
-    def __getstate__(self) -> dict:
-        # Workers rebuild the tokenizer from its config instead of unpickling a built one.
-        state = dict(self.__dict__)
-        if isinstance(self.tokenizer_cfg, dict):
-            state['_tokenizer'] = None
-            state['_codebook_id_cache'] = {}
-        return state
-
     def __repr__(self) -> str:
-        return (f'{self.__class__.__name__}(tokenizer={self.tokenizer_cfg!r}, template='
-                f'{self.template!r}, max_length={self.max_length}, use_im_start_end='
-                f'{self.use_im_start_end})')
-
+        return (f'{self.__class__.__name__}(text_processor={self.text_processor!r}, '
+                f'max_length={self.max_length}, overflow={self.overflow!r})')

@@ -5,7 +5,7 @@ import torch
 from mmengine.model import BaseModule
 
 from pixellm.registry import MODELS
-from .tokens import codebook_token_strings, expand_seg_placeholders, target_string
+from pixellm.text.codebook_tokens import codebook_token_strings, expand_seg_placeholders, target_string
 
 
 @MODELS.register_module()

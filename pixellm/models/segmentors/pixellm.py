@@ -18,8 +18,8 @@ from pixellm.utils.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 # Id written at image-feature positions of the expanded sequence; never a vocabulary id.
 _IMAGE_SLOT = -1
 
-_REQUIRED = ('vision_encoder', 'llm', 'tokenizer', 'projector', 'codebook', 'pixel_decoder',
-             'loss_lm', 'loss_mask', 'loss_dice')
+_REQUIRED = ('vision_encoder', 'llm', 'text_processor', 'projector', 'pixel_decoder', 'loss_lm',
+             'loss_mask', 'loss_dice')
 
 
 def _fill(cfg: Dict, **derived) -> Dict:
@@ -40,16 +40,18 @@ class PixelLM(BaseModel):
     tokens; the hidden states that emit those tokens, with every scale's features projected by
     ``mask_projector``, go to the pixel decoder, which returns one mask per target.
 
-    Keys the configs may leave out are derived from the built parts (projector widths, codebook
-    scales, decoder widths and grid), so a config states each fact once; when a config does set
-    them, mismatches raise an error saying what to change.
+    Keys the configs may leave out are derived from the built parts (projector widths, decoder
+    widths and grid), so a config states each fact once; when a config does set them,
+    mismatches raise an error saying what to change.
 
     Args:
         vision_encoder (dict): e.g. ``CLIPVisionEncoder``.
         llm (dict): e.g. ``HFCausalLM``.
-        tokenizer (dict): Tokenizer config (``TinyTokenizer``, ``PretrainedTokenizer``).
+        text_processor (dict | TextProcessor): The tokenizer, codebook, chat template and image
+            placeholder (:class:`~pixellm.text.TextProcessor`), shared with the data pipelines:
+            configs set it once, as the top-level ``text_processor`` key, and ``load_config``
+            hands it here. The codebook module is built from its ``codebook`` config.
         projector (dict): Vision -> LLM projector (``mm_projector``).
-        codebook (dict): ``SegCodebook``.
         pixel_decoder (dict): ``PixelDecoder``.
         loss_lm (dict): Text loss, e.g. ``LMCrossEntropyLoss``.
         loss_mask (dict): Pixel loss, ``MaskBCELoss`` or ``TargetRefinementLoss``.
@@ -66,7 +68,6 @@ class PixelLM(BaseModel):
             256 tokens). None uses the encoder grid.
         mask_padded_image_tokens (bool): Hide image tokens that lie wholly in the padding from the
             LLM (official behaviour). Defaults to True.
-        use_im_start_end (bool): The chat template wraps the image in ``<im_start>``/``<im_end>``.
         max_new_tokens (int): Generation budget in ``predict``. Defaults to 128.
         sync_ranks (bool, optional): Keep the ranks of a distributed run in step: generation goes
             on until every rank has finished (a finished rank feeds padding), and a rank whose
@@ -84,9 +85,8 @@ class PixelLM(BaseModel):
     def __init__(self,
                  vision_encoder: Optional[Dict] = None,
                  llm: Optional[Dict] = None,
-                 tokenizer: Optional[Dict] = None,
+                 text_processor: Optional[Dict] = None,
                  projector: Optional[Dict] = None,
-                 codebook: Optional[Dict] = None,
                  pixel_decoder: Optional[Dict] = None,
                  loss_lm: Optional[Dict] = None,
                  loss_mask: Optional[Dict] = None,
@@ -96,13 +96,12 @@ class PixelLM(BaseModel):
                  separate_mm_projector: bool = True,
                  llm_image_grid: Optional[int] = 16,
                  mask_padded_image_tokens: bool = True,
-                 use_im_start_end: bool = False,
                  max_new_tokens: int = 128,
                  sync_ranks: Optional[bool] = None,
                  data_preprocessor: Optional[Dict] = None,
                  init_cfg: Optional[Dict] = None) -> None:
-        given = dict(vision_encoder=vision_encoder, llm=llm, tokenizer=tokenizer,
-                     projector=projector, codebook=codebook, pixel_decoder=pixel_decoder,
+        given = dict(vision_encoder=vision_encoder, llm=llm, text_processor=text_processor,
+                     projector=projector, pixel_decoder=pixel_decoder,
                      loss_lm=loss_lm, loss_mask=loss_mask, loss_dice=loss_dice)
         missing = [k for k in _REQUIRED if given[k] is None]
         if missing:
@@ -138,12 +137,17 @@ class PixelLM(BaseModel):
         else:
             self.mask_projector = None
             mask_feat_dim = hidden
-        self.codebook = MODELS.build(_fill(codebook, num_scales=encoder.num_scales))
-        self.tokenizer = self._build_tokenizer(tokenizer, use_im_start_end)
+        from pixellm.text import build_text_processor
+        self.text_processor = build_text_processor(text_processor)
+        self.codebook = MODELS.build(self.text_processor.codebook_cfg)
         if self.codebook.num_scales != encoder.num_scales:
-            raise ValueError(f'codebook has {self.codebook.num_scales} scale(s) but the vision '
-                             f'encoder returns {encoder.num_scales} (select_layers='
-                             f'{encoder.select_layers}); make them equal')
+            raise ValueError(f'text_processor.codebook has {self.codebook.num_scales} scale(s) '
+                             f'but the vision encoder returns {encoder.num_scales} '
+                             f'(select_layers={encoder.select_layers}); make them equal')
+        if list(self.codebook.tokens) != list(self.text_processor.codebook_tokens):
+            raise ValueError(f'codebook {type(self.codebook).__name__} writes '
+                             f'{self.codebook.tokens} but the text processor reads its tokens as '
+                             f'{self.text_processor.codebook_tokens}')
         self.pixel_decoder = MODELS.build(_fill(
             pixel_decoder, in_channels=hidden, feat_channels=mask_feat_dim,
             grid_size=encoder.grid_size, input_size=size, num_scales=self.codebook.num_scales,
@@ -166,7 +170,6 @@ class PixelLM(BaseModel):
             for head in (aux_heads or ()))
         self.llm_image_grid = llm_image_grid or encoder.grid_size
         self.mask_padded_image_tokens = mask_padded_image_tokens
-        self.use_im_start_end = use_im_start_end
         self.max_new_tokens = max_new_tokens
         self._warned_truncation = False
         self.sync_ranks = sync_ranks
@@ -201,21 +204,19 @@ class PixelLM(BaseModel):
                              f'but the model needs {in_dim} -> {out_dim or "any"}; drop '
                              'in_channels/out_channels from its config to derive them')
 
-    def _build_tokenizer(self, cfg, use_im_start_end: bool):
-        """Build the tokenizer with the codebook tokens added before ``<im_start>/<im_end>``.
+    @property
+    def tokenizer(self):
+        """The text processor's tokenizer."""
+        return self.text_processor.tokenizer
 
-        That is the official order, so ids match official checkpoints; the pipeline's
-        ``TokenizeConversation`` builds its tokenizer the same way from the same configs.
-        """
-        from pixellm.models.tokenizers import build_tokenizer, codebook_tokenizer_cfg
-        if not isinstance(cfg, dict):
-            return build_tokenizer(cfg)
-        return build_tokenizer(codebook_tokenizer_cfg(cfg, self.codebook.tokens,
-                                                      use_im_start_end))
+    @property
+    def use_im_start_end(self) -> bool:
+        """Whether the image is written ``<im_start><image><im_end>`` (the text processor's)."""
+        return self.text_processor.use_im_start_end
 
     def _extend_vocabulary(self) -> None:
-        """Add the codebook tokens to the tokenizer and give every added token a trainable row."""
-        self.codebook.add_to_tokenizer(self.tokenizer)
+        """Bind the codebook to its token ids and give every added token a trainable row."""
+        self.codebook.bind(self.text_processor.codebook_token_ids)
         base = self.llm.base_vocab_size
         if min(self.codebook.token_ids) < base:
             raise ValueError(
@@ -498,7 +499,7 @@ class PixelLM(BaseModel):
         low_res = self._decode_masks(targets, dec_feats)
         for i, sample in enumerate(data_samples):
             ids = gen[i][~after_eos[i]].tolist()
-            sample.set_metainfo(dict(pred_text=self.tokenizer.decode(ids).strip(),
+            sample.set_metainfo(dict(pred_text=self.text_processor.decode(ids),
                                      pred_truncated=bool(truncated[i])))
             logits = self.pixel_decoder.postprocess(low_res[i], valid_hw[i],
                                                     tuple(sample.metainfo['ori_shape']))

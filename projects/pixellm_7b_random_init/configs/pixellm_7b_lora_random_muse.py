@@ -15,19 +15,19 @@ muse_root = 'data/muse_demo'            # projects/pixellm_tiny_demo/tools/gener
 llava_path = weights_root + '/llava'
 clip_path = weights_root + '/clip'
 
-# ========================== model and tokenizer ===========================
-tokenizer = dict(tokenizer, name_or_path=llava_path)  # noqa: F405
+# =========================== model and text ==============================
+text_processor = dict(text_processor,  # noqa: F405
+                      tokenizer=dict(text_processor['tokenizer'],  # noqa: F405
+                                     name_or_path=llava_path))
 model['llm'].update(pretrained=llava_path)  # noqa: F405
 model['vision_encoder'].update(pretrained=clip_path)  # noqa: F405
 # A random LLM rarely writes EOS: keep test-time generation short.
-model.update(tokenizer=tokenizer, max_new_tokens=64)  # noqa: F405
+model.update(max_new_tokens=64)  # noqa: F405
 
 # ================================== data ==================================
-# The recipe's MUSE pipeline and tail, with this tokenizer.
-data_tail = [dict(step, tokenizer=tokenizer) if 'tokenizer' in step else step
-             for step in train_tail]  # noqa: F405
-eval_tail = [dict(step, tokenizer=tokenizer) if 'tokenizer' in step else step
-             for step in test_tail]  # noqa: F405
+# The recipe's MUSE pipeline and tail (the text processor reaches them through load_config).
+data_tail = train_tail  # noqa: F405
+eval_tail = test_tail  # noqa: F405
 train_dataloader = dict(
     batch_size=batch_size, num_workers=2, persistent_workers=True,  # noqa: F405
     sampler=dict(type='InfiniteSampler', shuffle=True),

@@ -1,15 +1,10 @@
-# Ablation: 1 image-feature scale(s) (tiny tower layers (-2, ); ViT-L uses -2, -11).
+# Ablation: 1 image-feature scale (tiny tower layer -2; ViT-L uses -2).
 from mmengine.config import read_base
 
 with read_base():
     from ...pixellm_tiny_demo.configs.pixellm_tiny_demo import *  # noqa: F401,F403
 
-codebook = dict(type='SegCodebook', num_scales=1, tokens_per_scale=3)
 model['vision_encoder'].update(select_layers=(-2, ))  # noqa: F405
-# Lazy configs copy imported dicts, so the codebook is replaced where the model and the two
-# pipelines hold it.
-model.update(codebook=codebook)  # noqa: F405
-for loader in (train_dataloader, test_dataloader):  # noqa: F405
-    for step in loader['dataset']['pipeline']:
-        if 'codebook' in step:
-            step['codebook'] = codebook
+# The model and the pipelines share the text processor, so its codebook is the one place to change.
+text_processor = dict(text_processor,  # noqa: F405
+                      codebook=dict(type='SegCodebook', num_scales=1, tokens_per_scale=3))

@@ -128,7 +128,7 @@ def test_answers_list_their_targets_in_reading_order(small_dataset):
 def test_generated_data_loads_and_runs_through_the_pipeline(small_dataset):
     pipeline = [dict(type='LoadImageFromFile'), dict(type='SampleQuestion'),
                 dict(type='DecodeTargetMasks'), dict(type='BuildMuseConversation'),
-                dict(type='ExpandSegTokens'), dict(type='ResizeLongestSide', size=64),
+                dict(type='ExpandSegTokens', text_processor=dict(type='TextProcessor')), dict(type='ResizeLongestSide', size=64),
                 dict(type='PackPixelLMInputs')]
     root = small_dataset['root']
     train = MUSEDataset(ann_file='muse_train.json', data_root=root,

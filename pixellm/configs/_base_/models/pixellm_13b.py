@@ -1,6 +1,6 @@
 # PixelLM-13B: the 7B definition with llava-llama-2-13b-chat-lightning-preview (LLaMA-2-13B shapes).
-# The chat template is a pipeline setting; the official code trains and serves this model with
-# llava_v1 (see configs/pixellm/pixellm_13b_lora_8xb2_ga10_5k_mix.py).
+# The chat template stays llava_v1 ('vicuna_v1'): the official code trains and serves this model
+# with it (see configs/pixellm/pixellm_13b_lora_8xb2_ga10_5k_mix.py).
 from mmengine.config import read_base
 
 with read_base():
@@ -14,5 +14,7 @@ model.update(  # noqa: F405
     llm=dict(type='HFCausalLM', pretrained=llava_path, llm_config=llama2_13b,
              torch_dtype='bfloat16', attn_implementation='auto', gradient_checkpointing=True,
              train_token_tables=True,
-             lora=dict(r=8, alpha=16, dropout=0.05, target_modules=['q_proj', 'v_proj'])),
-    tokenizer=dict(type='PretrainedTokenizer', name_or_path=llava_path, model_max_length=512))
+             lora=dict(r=8, alpha=16, dropout=0.05, target_modules=['q_proj', 'v_proj'])))
+text_processor = dict(text_processor,  # noqa: F405
+                      tokenizer=dict(text_processor['tokenizer'],  # noqa: F405
+                                     name_or_path=llava_path))

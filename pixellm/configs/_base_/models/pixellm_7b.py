@@ -21,6 +21,17 @@ llama_7b = dict(model_type='llama', vocab_size=32000, hidden_size=4096, intermed
                 num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
                 max_position_embeddings=2048, rms_norm_eps=1e-6, tie_word_embeddings=False)
 
+# The text side, shared by the model and every pipeline step that tokenizes (load_config hands it
+# out): LLaVA's tokenizer with the codebook tokens, then <im_start>/<im_end> (official order);
+# llava_v1 conversations (train_ds.py --conv_type default).
+text_processor = dict(
+    type='TextProcessor',
+    tokenizer=dict(type='PretrainedTokenizer', name_or_path=llava_path, model_max_length=512),
+    codebook=dict(type='SegCodebook', num_scales=image_feature_scale_num,
+                  tokens_per_scale=seg_token_num),
+    chat_template='vicuna_v1',
+    use_im_start_end=True)                 # official --use_mm_start_end defaults to True
+
 model = dict(
     type='PixelLM',
     vision_encoder=dict(
@@ -32,12 +43,9 @@ model = dict(
         type='HFCausalLM', pretrained=llava_path, llm_config=llama_7b, torch_dtype='bfloat16',
         attn_implementation='auto', gradient_checkpointing=True, train_token_tables=True,
         lora=dict(r=8, alpha=16, dropout=0.05, target_modules=['q_proj', 'v_proj'])),
-    tokenizer=dict(type='PretrainedTokenizer', name_or_path=llava_path, model_max_length=512),
-    use_im_start_end=True,                 # official --use_mm_start_end defaults to True
     projector=dict(type='MLPProjector', hidden_ratio=2),       # mm_projector_hidden_dim = 2
     mask_projector=dict(type='MLPProjector', hidden_ratio=2),  # out_mm_projector
     separate_mm_projector=True,
-    codebook=dict(type='SegCodebook', tokens_per_scale=seg_token_num),
     pixel_decoder=dict(type='PixelDecoder', embed_dim=256, depth=2, num_heads=8, mlp_dim=2048,
                        learn_fusion_weights=False, train_neck=False),
     loss_lm=dict(type='LMCrossEntropyLoss', loss_weight=1.0),

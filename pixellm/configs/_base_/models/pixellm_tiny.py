@@ -4,6 +4,17 @@ image_size = 112          # encoder input side (PixelLM-7B: 448)
 seg_token_num = 3         # codebook tokens per scale (official --seg_token_num)
 image_feature_scale_num = 2
 
+# The text side, shared by the model and every pipeline step that tokenizes (load_config hands it
+# out): the shipped tokenizer, the codebook (a target is written as its 2 x 3 tokens), the chat
+# template and how the image is written.
+text_processor = dict(
+    type='TextProcessor',
+    tokenizer=dict(type='TinyTokenizer', model_max_length=512),
+    codebook=dict(type='SegCodebook', num_scales=image_feature_scale_num,
+                  tokens_per_scale=seg_token_num),
+    chat_template='vicuna_v1',
+    use_im_start_end=False)
+
 model = dict(
     type='PixelLM',
     vision_encoder=dict(
@@ -20,11 +31,9 @@ model = dict(
                         num_key_value_heads=4, max_position_embeddings=512,
                         tie_word_embeddings=False),
         lora=dict(r=8, alpha=16, dropout=0.05, target_modules=['q_proj', 'v_proj'])),
-    tokenizer=dict(type='TinyTokenizer', model_max_length=512),
     projector=dict(type='MLPProjector', hidden_ratio=2),
     mask_projector=dict(type='MLPProjector', hidden_ratio=2),
     separate_mm_projector=True,
-    codebook=dict(type='SegCodebook', tokens_per_scale=seg_token_num),
     pixel_decoder=dict(type='PixelDecoder', embed_dim=64, depth=2, num_heads=4, mlp_dim=256),
     loss_lm=dict(type='LMCrossEntropyLoss', loss_weight=1.0),
     loss_mask=dict(type='MaskBCELoss', loss_weight=2.0),

@@ -18,7 +18,7 @@ def PretrainedTokenizer(name_or_path: str,  # noqa: N802 (named as its config ty
     """Load a tokenizer with ``AutoTokenizer.from_pretrained`` and set it up as the official code.
 
     ``pad_token`` becomes ``unk_token`` (LLaVA v1); see
-    :func:`~pixellm.models.tokenizers.builder.configure_tokenizer`. transformers 5 loads only
+    :func:`~pixellm.text.tokenizers.builder.configure_tokenizer`. transformers 5 loads only
     fast (``tokenizers``-backed) tokenizers, so the official ``use_fast=False`` has no
     equivalent; a LLaMA checkpoint's ``tokenizer.json`` gives the same ids as its
     sentencepiece model. A function named like a class because configs name it

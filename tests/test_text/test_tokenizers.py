@@ -7,7 +7,7 @@ import sys
 import pytest
 from transformers import PreTrainedTokenizerFast
 
-from pixellm.models.tokenizers import (TINY_TOKENIZER_FILE, PretrainedTokenizer, TinyTokenizer,
+from pixellm.text.tokenizers import (TINY_TOKENIZER_FILE, PretrainedTokenizer, TinyTokenizer,
                                        build_tokenizer, configure_tokenizer)
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -141,7 +141,7 @@ def test_build_tokenizer_unknown_type_names_registry_and_close_names():
 
 
 def test_registry_location_registers_tokenizers_lazily():
-    # A fresh interpreter that never imports pixellm.models.tokenizers: the registry's lazy
+    # A fresh interpreter that never imports pixellm.text.tokenizers: the registry's lazy
     # location must import it when a config names a tokenizer.
     code = ('from pixellm.registry import TOKENIZERS\n'
             "t = TOKENIZERS.build(dict(type='TinyTokenizer'))\n"

@@ -2,11 +2,11 @@
 import pytest
 import torch
 
-from pixellm.datasets.chat_templates import (CHAT_TEMPLATES, VICUNA_SYSTEM, ChatTemplate,
+from pixellm.text.chat_templates import (CHAT_TEMPLATES, VICUNA_SYSTEM, ChatTemplate,
                                              encode_conversation, encode_prompt,
                                              get_chat_template, register_chat_template,
                                              render_conversation)
-from pixellm.models.tokenizers import TinyTokenizer
+from pixellm.text.tokenizers import TinyTokenizer
 from pixellm.utils.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 
 SEG_TOKENS = ['[SEG0]', '[SEG1]']
