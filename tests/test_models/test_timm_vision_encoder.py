@@ -15,19 +15,26 @@ ARCHS = {
     'vit_large_patch14_clip_quickgelu_336': 56,   # OpenAI CLIP ViT-L/14-336: class token
     'vit_base_patch16_siglip_224': 64,            # SigLIP: no class token, attention-pool head
     'eva02_base_patch14_224': 56,                 # EVA02: rotary position embedding, SwiGLU
+    'vit_small_patch14_reg4_dinov2': 56,          # DINOv2: class token and 4 register tokens
 }
+
+
+def tiny_kwargs(name):
+    # DINOv2's layer scale starts at 1e-5, which would leave every block output close to its
+    # input: at 1 the blocks (and a wrong tap or a leak through the padding) show.
+    return dict(TINY, init_values=1.0) if 'dinov2' in name else TINY
 
 
 def tiny(name, **kwargs):
     kwargs.setdefault('image_size', ARCHS[name])
-    kwargs.setdefault('model_kwargs', TINY)
+    kwargs.setdefault('model_kwargs', tiny_kwargs(name))
     return TimmVisionEncoder(name, **kwargs)
 
 
 def block_outputs_by_hand(name, encoder, images):
     """Every block output of an unpruned timm model holding ``encoder``'s weights, computed by
     running its blocks one by one, patch tokens only; entry ``k - 1`` is block ``k``'s output."""
-    ref = timm.create_model(name, img_size=ARCHS[name], num_classes=0, **TINY).eval()
+    ref = timm.create_model(name, img_size=ARCHS[name], num_classes=0, **tiny_kwargs(name)).eval()
     missing, unexpected = ref.load_state_dict(encoder.vision_model.state_dict(), strict=False)
     assert not unexpected
     # The encoder holds no block past the deepest tap, no final norm and no pooling head.
@@ -125,7 +132,9 @@ def test_valid_patches_and_padding_mask():
     expected[1, :1, :] = True
     expected[2, 0, 0] = True    # every image keeps one patch
     assert torch.equal(keep, expected)
-    for name in ('vit_large_patch14_clip_quickgelu_336', 'vit_base_patch16_siglip_224'):
+    # With one prefix token, none, and five (class + registers), which all stay visible.
+    for name in ('vit_large_patch14_clip_quickgelu_336', 'vit_base_patch16_siglip_224',
+                 'vit_small_patch14_reg4_dinov2'):
         size = ARCHS[name]
         masked = tiny(name, select_layers=(-2, -4))
         a = torch.randn(1, 3, size, size)
