@@ -18,7 +18,8 @@ In ``pixellm_config.json`` the model config names the LLM folder relatively
 (``model.llm.pretrained`` and ``model.text_processor.tokenizer.name_or_path`` are ``"llm"``), so
 the folder can be moved; the LLM is an ``HFCausalLM`` without LoRA whose ``base_vocab_size`` splits the added rows
 off again (trainable, as in training), and the vision encoder is built from its stored
-``vision_config`` instead of a hub name, so nothing is downloaded.
+``vision_config`` instead of a hub name (a ``TimmVisionEncoder`` from its ``model_name`` with
+``pretrained=False``), so nothing is downloaded.
 
 Loading it back:
 
@@ -47,7 +48,7 @@ from torch import nn
 from pixellm.registry import MODELS
 from pixellm.version import __version__
 from .llms import HFCausalLM
-from .vision_encoders import CLIPVisionEncoder
+from .vision_encoders import CLIPVisionEncoder, TimmVisionEncoder
 
 FORMAT = 'pixellm-hf-export'
 FORMAT_VERSION = 1
@@ -205,6 +206,13 @@ def _exported_model_cfg(model_cfg: Mapping, model: nn.Module, base_vocab_size: i
         vision_config.pop('transformers_version', None)
         encoder.update(pretrained=None, vision_config=_jsonable(vision_config, 'vision_config'),
                        image_size=None)
+        encoder.pop('torch_dtype', None)
+        encoder.pop('init_cfg', None)
+    elif isinstance(model.vision_encoder, TimmVisionEncoder):
+        # model_name and model_kwargs give the architecture; the weights, in their trained dtype,
+        # come from pixellm.safetensors, so nothing is downloaded or read from checkpoint_path.
+        encoder.update(pretrained=False, checkpoint_path=None,
+                       image_size=model.vision_encoder.image_size)
         encoder.pop('torch_dtype', None)
         encoder.pop('init_cfg', None)
     return cfg

@@ -11,14 +11,20 @@ def offline_model_cfg(model_cfg: Dict) -> Dict:
     """Return a copy of a PixelLM model config that builds with random weights and no download.
 
     ``pretrained`` of the vision encoder and the LLM is dropped (their ``vision_config`` /
-    ``llm_config`` give the same shapes), and a tokenizer that would be downloaded is replaced by
-    the shipped tiny tokenizer padded with filler tokens to the LLM's vocabulary size, so added
-    tokens get the ids (and the model the rows) they get with the real tokenizer.
+    ``llm_config`` give the same shapes; a timm encoder's ``model_name`` does, and its
+    ``pretrained=True`` and ``checkpoint_path`` are turned off), and a tokenizer that would be
+    downloaded is replaced by the shipped tiny tokenizer padded with filler tokens to the LLM's
+    vocabulary size, so added tokens get the ids (and the model the rows) they get with the real
+    tokenizer.
     """
     cfg = copy.deepcopy(dict(model_cfg))
     for key, shape_key in (('vision_encoder', 'vision_config'), ('llm', 'llm_config')):
         part = dict(cfg[key])
-        if part.get('pretrained') is not None:
+        if isinstance(part.get('pretrained'), bool) or part.get('checkpoint_path') is not None:
+            # TimmVisionEncoder: the architecture is model_name, the weights a flag or a file.
+            part['pretrained'] = False
+            part.pop('checkpoint_path', None)
+        elif part.get('pretrained') is not None:
             if part.get(shape_key) is None:
                 raise ValueError(f'{key} names pretrained={part["pretrained"]!r} but has no '
                                  f'{shape_key} to build it without weights')

@@ -156,6 +156,24 @@ def test_the_guide_encoder_ignores_what_the_padding_holds(tmp_path, plugin_scope
         assert not torch.allclose(a[mask], c[mask])  # without valid_hw the padding is seen
 
 
+def test_the_guide_timm_config_trains_an_eva02_tower_inside_pixellm(tmp_path):
+    from pixellm.registry import MODELS
+    cfg = load_guide_config('timm', tmp_path)
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model)
+    enc = model.vision_encoder
+    assert type(enc).__name__ == 'TimmVisionEncoder'
+    assert type(enc.vision_model).__name__ == 'Eva'
+    assert (enc.image_size, enc.grid_size, enc.embed_dim, enc.num_scales) == (112, 8, 64, 2)
+    # select_layers (-2, -4) of 4 blocks: blocks 1-3 run, the 4th was removed.
+    assert len(enc.vision_model.blocks) == 3
+    model.train()
+    loss_and_backward(model, make_batch(model))
+    params = list(enc.parameters())
+    assert params and all(p.requires_grad for p in params), 'frozen=False trains every weight'
+    assert trainable_without_gradient(enc) == []
+
+
 # ------------------------------------------------------------------ LLM
 LORA = dict(r=4, alpha=8, dropout=0.0, target_modules=['q_proj', 'v_proj'])
 

@@ -21,6 +21,8 @@ EXPECTED = {
     'scales_2': dict(tokens_per_scale=3, num_scales=2, loss=MaskBCELoss),
     'refinement_loss_on': dict(tokens_per_scale=3, num_scales=2, loss=TargetRefinementLoss),
     'refinement_loss_off': dict(tokens_per_scale=3, num_scales=2, loss=MaskBCELoss),
+    'timm_siglip_encoder': dict(tokens_per_scale=3, num_scales=2, loss=MaskBCELoss,
+                                encoder='TimmVisionEncoder'),
 }
 
 
@@ -45,6 +47,7 @@ def test_ablation_reaches_model_and_pipeline(config, data_root):
     assert model.pixel_decoder.tokens_per_scale == expected['tokens_per_scale']
     assert model.pixel_decoder.num_scales == expected['num_scales']
     assert len(model.vision_encoder.select_layers) == expected['num_scales']
+    assert type(model.vision_encoder).__name__ == expected.get('encoder', 'CLIPVisionEncoder')
     assert type(model.loss_mask) is expected['loss']
     dataset_cfg = dict(cfg.train_dataloader.dataset, data_root=data_root)
     dataset = DATASETS.build(dataset_cfg)

@@ -1,3 +1,6 @@
 from .clip_vision_encoder import CLIPVisionEncoder, interpolate_position_embedding
+from .timm_vision_encoder import TimmVisionEncoder, create_timm_model
+from .utils import valid_patch_grid
 
-__all__ = ['CLIPVisionEncoder', 'interpolate_position_embedding']
+__all__ = ['CLIPVisionEncoder', 'TimmVisionEncoder', 'create_timm_model',
+           'interpolate_position_embedding', 'valid_patch_grid']

@@ -8,6 +8,8 @@ from torch import nn
 
 from pixellm.registry import MODELS
 
+from .utils import valid_patch_grid
+
 
 def interpolate_position_embedding(weight: torch.Tensor, new_grid: int,
                                    layout: str = 'clip') -> torch.Tensor:
@@ -219,11 +221,7 @@ class CLIPVisionEncoder(BaseModule):
     def valid_patches(self, valid_hw: Sequence[Tuple[int, int]],
                       device: torch.device) -> torch.Tensor:
         """``(B, grid, grid)`` bool: patches that hold some of the unpadded image."""
-        grid, patch = self.grid_size, self.patch_size
-        keep = torch.zeros(len(valid_hw), grid, grid, dtype=torch.bool, device=device)
-        for i, (h, w) in enumerate(valid_hw):
-            keep[i, :max(1, -(-int(h) // patch)), :max(1, -(-int(w) // patch))] = True
-        return keep
+        return valid_patch_grid(valid_hw, self.grid_size, self.patch_size, device)
 
     def _padding_mask(self, valid_hw: Sequence[Tuple[int, int]], dtype: torch.dtype,
                       device: torch.device) -> torch.Tensor:
