@@ -383,6 +383,8 @@ def test_predictions_scored_by_mmseg_iou_metric_match_a_numpy_count():
     for b, cols in enumerate(columns):
         for j, c in enumerate(cols):
             logits[b, c, :, j] = 5.0
+    # A loud padding column: read by the upsampling, it would take the image's last pixels.
+    logits[1, 3, :, 3] = 50.0
     model._patch_logits = lambda inputs, valid_hw: logits
     shapes = [((56, 56), (56, 56)), ((56, 42), (112, 84))]
     expected = [np.repeat(np.array(columns[0]), 14)[None].repeat(56, 0),
