@@ -230,7 +230,7 @@ def build_text_processor(cfg: Union[Dict, TextProcessor]) -> TextProcessor:
         raise ValueError(f'text_processor config {dict(cfg)!r} has no type; write '
                          "dict(type='TextProcessor', tokenizer=..., codebook=..., "
                          'chat_template=...)')
-    plain = _plain(cfg)
+    plain = plain_config(cfg)
     key = _cache_key(plain)
     if key is not None and key in _BUILT:
         return _BUILT[key]
@@ -240,10 +240,10 @@ def build_text_processor(cfg: Union[Dict, TextProcessor]) -> TextProcessor:
     return processor
 
 
-def _plain(value: Any) -> Any:
-    """ConfigDicts, tuples and lists as plain dicts and lists (a stable cache key)."""
+def plain_config(value: Any) -> Any:
+    """A config with ConfigDicts and tuples as plain dicts and lists (comparable, a cache key)."""
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain_config(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain_config(v) for v in value]
     return value

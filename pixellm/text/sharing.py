@@ -2,6 +2,8 @@
 import inspect
 from typing import Any, Iterator, List, Optional
 
+from .processor import plain_config
+
 LOADER_KEYS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
 
 
@@ -32,14 +34,6 @@ def _pipelines(node: Any) -> Iterator[list]:
             yield from _pipelines(value)
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
 def share_text_processor(cfg) -> Optional[List[str]]:
     """Put the config's ``text_processor`` into ``model`` and into every pipeline step taking one.
 
@@ -67,7 +61,7 @@ def share_text_processor(cfg) -> Optional[List[str]]:
     placed = []
     if isinstance(model, dict) and _takes_text_processor(MODELS, model.get('type')):
         if model.get('text_processor') is not None and \
-                _plain(model['text_processor']) != _plain(source):
+                plain_config(model['text_processor']) != plain_config(source):
             raise TextProcessorConflict(
                 'model.text_processor differs from the config\'s text_processor; set the '
                 'tokenizer, codebook and chat template once, in the top-level text_processor '
@@ -84,7 +78,7 @@ def share_text_processor(cfg) -> Optional[List[str]]:
                                                                           step.get('type')):
                     continue
                 if step.get('text_processor') is not None and \
-                        _plain(step['text_processor']) != _plain(source):
+                        plain_config(step['text_processor']) != plain_config(source):
                     raise TextProcessorConflict(
                         f'a {step["type"]} step of {key} names its own text_processor, which '
                         'differs from the config\'s; drop it from the step: the step gets the '

@@ -561,7 +561,9 @@ def bench_infer(model, args, device: str, dtype: torch.dtype) -> Dict:
 
 # Steps each mode is profiled for (after the timed runs, so caches and kernels are warm).
 PROFILE_STEPS = 2
-# Module kinds whose time the profile sums (record_function ranges around their forward).
+# Module kinds whose time the profile sums (record_function ranges around their forward). The
+# ``llm`` part is the decoder stack, which training and transformers' generate both call; the LM
+# head runs outside it.
 PROFILED_PARTS = ('vision_encoder', 'projector', 'mask_projector', 'llm', 'pixel_decoder')
 
 
@@ -571,6 +573,8 @@ def _label_parts(model):
     handles = []
     for name in PROFILED_PARTS:
         part = getattr(model, name, None)
+        if name == 'llm' and part is not None:
+            part = part.hf_model.get_decoder()
         if part is None:
             continue
         ranges = []
