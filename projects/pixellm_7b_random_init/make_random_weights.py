@@ -93,7 +93,8 @@ def main(argv=None) -> None:
             raise SystemExit(f'error: {args.config}: model.{key} has no {shape} to build from')
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
-    llm = write_llm(cfg.model.llm, cfg.model.tokenizer, osp.join(args.out, 'llava'), args.device)
+    llm = write_llm(cfg.model.llm, cfg.model.text_processor.tokenizer, osp.join(args.out, 'llava'),
+                    args.device)
     clip = write_clip(cfg.model.vision_encoder, osp.join(args.out, 'clip'), args.device)
     print(f'wrote {args.out}/llava ({llm:,} parameters, with the padded tokenizer) and '
           f'{args.out}/clip ({clip:,} parameters) in {time.perf_counter() - t0:.1f} s')
