@@ -1,3 +1,4 @@
 from .clip_vision_encoder import CLIPVisionEncoder, interpolate_position_embedding
+from .sam_image_encoder import SAMImageEncoder
 
-__all__ = ['CLIPVisionEncoder', 'interpolate_position_embedding']
+__all__ = ['CLIPVisionEncoder', 'SAMImageEncoder', 'interpolate_position_embedding']
