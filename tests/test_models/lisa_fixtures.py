@@ -15,13 +15,15 @@ norm3,norm4,cross_attn_image_to_token}``, ``final_attn_token_to_image``, ``norm_
 attention ``{q,k,v,out}_proj`` with ``downsample_rate`` 2 for the cross attentions).
 
 The forward functions below follow those modules step by step on a plain dict of tensors keyed
-by the official names; they share no code with the toolbox or with transformers' SAM.
+by the official names; they share no code with the toolbox or with transformers' SAM. Only the
+last section builds toolbox modules: LISA's components under the names the converter targets.
 """
 import math
 from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 
 # ----------------------------------------------------------------- official names and shapes
@@ -347,3 +349,39 @@ def lisa_postprocess_masks(low_res, input_size, valid_hw, original_size):
                           align_corners=False)
     masks = masks[..., :valid_hw[0], :valid_hw[1]]
     return F.interpolate(masks, original_size, mode='bilinear', align_corners=False)[:, 0]
+
+
+# ----------------------------------------------------------------- the toolbox's components
+# LLaMA vocabulary + [SEG], <im_start>, <im_end> (train_ds.py adds them in this order).
+ADDED = 3
+
+# The released models: LLaVA-Lightning-7B-v1-1 / llava-llama-2-13b-chat-lightning-preview,
+# CLIP ViT-L/14 at 224 (LISA's default --vision-tower), SAM ViT-H (build_sam_vit_h).
+LLAMA_7B = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008,
+                num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32)
+LLAMA_13B = dict(vocab_size=32000, hidden_size=5120, intermediate_size=13824,
+                 num_hidden_layers=40, num_attention_heads=40, num_key_value_heads=40)
+CLIP_VIT_L14 = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                    num_attention_heads=16, image_size=224, patch_size=14,
+                    hidden_act='quick_gelu', layer_norm_eps=1e-5)
+SAM_VIT_H = dict(hidden_size=1280, num_hidden_layers=32, num_attention_heads=16,
+                 global_attn_indexes=(7, 15, 23, 31), window_size=14, image_size=1024,
+                 patch_size=16, output_channels=256, num_pos_feats=128)
+
+
+def lisa_components(llama, clip, sam_vision, decoder=None, lora=None):
+    """The toolbox modules of a LISA model under the names the converter targets."""
+    from pixellm.registry import MODELS
+    model = nn.Module()
+    model.llm = MODELS.build(dict(type='HFCausalLM', llm_config=dict(llama), lora=lora))
+    model.llm.add_token_rows(ADDED)
+    model.projector = MODELS.build(dict(type='MLPProjector', in_channels=clip['hidden_size'],
+                                        out_channels=llama['hidden_size'], num_layers=1))
+    model.vision_encoder = MODELS.build(dict(type='CLIPVisionEncoder', vision_config=clip,
+                                             select_layers=(-2, )))
+    model.mask_encoder = MODELS.build(dict(type='SAMImageEncoder', vision_config=sam_vision))
+    enc = model.mask_encoder
+    model.pixel_decoder = MODELS.build(dict(
+        type='LISAMaskDecoder', in_channels=llama['hidden_size'], feat_channels=enc.embed_dim,
+        grid_size=enc.grid_size, input_size=enc.image_size, mask_decoder_config=decoder))
+    return model

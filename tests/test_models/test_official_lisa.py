@@ -8,15 +8,12 @@ place.
 """
 import pytest
 import torch
-from lisa_fixtures import lisa_low_res_masks, lisa_shapes, random_state, sam_image_encoder
-from torch import nn
+from lisa_fixtures import (ADDED, CLIP_VIT_L14, LLAMA_7B, LLAMA_13B, SAM_VIT_H, lisa_components,
+                           lisa_low_res_masks, lisa_shapes, random_state, sam_image_encoder)
 
 from pixellm.models.converters import canonical_key, clip_vision_weights, convert_official_lisa
 from pixellm.models.export import CheckpointMismatchError
-from pixellm.registry import MODELS
 
-# LLaMA vocabulary + [SEG], <im_start>, <im_end> (train_ds.py adds them in this order).
-ADDED = 3
 TINY_LLAMA = dict(vocab_size=40, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128)
 TINY_CLIP = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -24,37 +21,6 @@ TINY_CLIP = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_
 TINY_SAM = dict(embed_dim=16, depth=2, num_heads=2, global_attn_indexes=(1, ), window_size=2,
                 image_size=64, patch_size=16, out_chans=32, mlp_dim=64, iou_hidden=32)
 TINY_DECODER = dict(mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32)
-
-# The released models: LLaVA-Lightning-7B-v1-1 / llava-llama-2-13b-chat-lightning-preview,
-# CLIP ViT-L/14 at 224 (LISA's default --vision-tower), SAM ViT-H (build_sam_vit_h).
-LLAMA_7B = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008,
-                num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32)
-LLAMA_13B = dict(vocab_size=32000, hidden_size=5120, intermediate_size=13824,
-                 num_hidden_layers=40, num_attention_heads=40, num_key_value_heads=40)
-CLIP_VIT_L14 = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                    num_attention_heads=16, image_size=224, patch_size=14,
-                    hidden_act='quick_gelu', layer_norm_eps=1e-5)
-SAM_VIT_H = dict(hidden_size=1280, num_hidden_layers=32, num_attention_heads=16,
-                 global_attn_indexes=(7, 15, 23, 31), window_size=14, image_size=1024,
-                 patch_size=16, output_channels=256, num_pos_feats=128)
-
-
-def lisa_components(llama, clip, sam_vision, decoder=None, lora=None):
-    """The toolbox modules of a LISA model under the names the converter targets."""
-    model = nn.Module()
-    model.llm = MODELS.build(dict(type='HFCausalLM', llm_config=dict(llama), lora=lora))
-    model.llm.add_token_rows(ADDED)
-    model.projector = MODELS.build(dict(type='MLPProjector', in_channels=clip['hidden_size'],
-                                        out_channels=llama['hidden_size'], num_layers=1))
-    model.vision_encoder = MODELS.build(dict(type='CLIPVisionEncoder', vision_config=clip,
-                                             select_layers=(-2, )))
-    model.mask_encoder = MODELS.build(dict(type='SAMImageEncoder', vision_config=sam_vision))
-    enc = model.mask_encoder
-    model.pixel_decoder = MODELS.build(dict(
-        type='LISAMaskDecoder', in_channels=llama['hidden_size'], feat_channels=enc.embed_dim,
-        grid_size=enc.grid_size, input_size=enc.image_size, mask_decoder_config=decoder))
-    return model
-
 
 def tiny_sam_vision():
     return dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
