@@ -21,6 +21,8 @@ KeyRules = Sequence[Tuple[str, str]]
 TOKEN_TABLES = {'llm.model.model.embed_tokens.weight': 'llm.new_embed',
                 'llm.model.lm_head.weight': 'llm.new_head'}
 _LORA = re.compile(r'\.lora_([AB])\.[^.]+\.weight$')
+# Where LLaVA-based checkpoints keep the CLIP tower (``CLIPVisionTower.vision_tower``).
+LLAVA_CLIP_PREFIX = 'model.vision_tower.vision_tower.vision_model.'
 
 
 @dataclass
@@ -191,4 +193,49 @@ def convert_state_dict(
     if missing or unexpected or wrong_shape:
         raise CheckpointMismatchError(f'Checkpoint {source!r}', missing, unexpected,
                                       wrong_shape, hint(missing) if hint else '')
+    return result
+
+
+def convert_with_separate_clip(official: Dict[str, torch.Tensor],
+                               target: Dict[str, torch.Tensor],
+                               clip: Optional[Dict[str, torch.Tensor]],
+                               key_map: KeyRules,
+                               dropped: KeyRules,
+                               missing_clip_hint: str,
+                               **kwargs) -> ConversionResult:
+    """:func:`convert_state_dict` for a LLaVA-based checkpoint whose CLIP tower may be apart.
+
+    The official merge scripts of PixelLM and LISA save no ``vision_tower`` weight, so CLIP comes
+    from its own checkpoint: ``clip`` is read under LLaVA's names (:data:`LLAVA_CLIP_PREFIX`)
+    when ``official`` has no CLIP, and left unused (with a note) when it has.
+
+    Args:
+        official (dict[str, Tensor]): The official state dict.
+        target (dict[str, Tensor]): The toolbox model's state dict.
+        clip (dict[str, Tensor], optional): CLIP vision weights, keyed relative to the vision
+            model (``embeddings.*``, ``encoder.*``...).
+        key_map (Sequence[tuple[str, str]]): See :func:`convert_state_dict`.
+        dropped (Sequence[tuple[str, str]]): See :func:`convert_state_dict`.
+        missing_clip_hint (str): Added to the error when CLIP weights are missing and neither
+            ``official`` nor ``clip`` has them.
+        **kwargs: The other arguments of :func:`convert_state_dict`.
+
+    Returns:
+        ConversionResult: As :func:`convert_state_dict`.
+    """
+    has_vision = any(k.startswith('model.vision_tower.') for k in official)
+    sources = list(official.items())
+    if not has_vision and clip is not None:
+        sources += [(LLAVA_CLIP_PREFIX + k, v) for k, v in clip.items()]
+
+    def hint(missing: List[str]) -> str:
+        if not has_vision and clip is None and any(k.startswith('vision_encoder.')
+                                                   for k in missing):
+            return missing_clip_hint
+        return ''
+
+    result = convert_state_dict(sources, target, key_map, dropped, hint=hint, **kwargs)
+    if has_vision and clip is not None:
+        result.notes.append('CLIP weights taken from the checkpoint; the separate CLIP weights '
+                            'were not used')
     return result

@@ -19,7 +19,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from .key_mapping import ConversionResult, convert_state_dict, first_match
+from .key_mapping import ConversionResult, convert_with_separate_clip, first_match
 
 _ENC = 'mask_encoder.image_encoder'
 _PROMPT = 'pixel_decoder.prompt_encoder'
@@ -96,8 +96,6 @@ LISA_DROPPED: Tuple[Tuple[str, str], ...] = (
     (r'.+\.embeddings\.position_ids', 'CLIP position-id buffer, recomputed'),
 )
 
-_VISION_PREFIX = 'vision_encoder.vision_model.'
-
 
 def map_lisa_key(key: str) -> Optional[str]:
     """The toolbox key of a key of a LISA checkpoint.
@@ -161,22 +159,9 @@ def convert_official_lisa(official: Dict[str, torch.Tensor],
             in the model (listed as ``official -> ours`` where it has a toolbox name), or any
             shape that differs; all of them are listed.
     """
-    has_vision = any(k.startswith('model.vision_tower.') for k in official)
-    sources = list(official.items())
-    if not has_vision and clip is not None:
-        sources += [(f'model.vision_tower.vision_tower.vision_model.{k}', v)
-                    for k, v in clip.items()]
-
-    def hint(missing) -> str:
-        if any(k.startswith(_VISION_PREFIX) for k in missing) and not has_vision and clip is None:
-            return ('The released LISA folders hold no CLIP weights (the merge script saves no '
-                    '"vision_tower" weight): give the CLIP checkpoint LISA was trained with '
-                    '(openai/clip-vit-large-patch14).')
-        return ''
-
-    result = convert_state_dict(sources, target, LISA_KEY_MAP, LISA_DROPPED, hint=hint,
-                                lora_seed=lora_seed, source=source)
-    if has_vision and clip is not None:
-        result.notes.append('CLIP weights taken from the checkpoint; the separate CLIP weights '
-                            'were not used')
-    return result
+    return convert_with_separate_clip(
+        official, target, clip, LISA_KEY_MAP, LISA_DROPPED,
+        missing_clip_hint='The released LISA folders hold no CLIP weights (the merge script '
+        'saves no "vision_tower" weight): give the CLIP checkpoint LISA was trained with '
+        '(openai/clip-vit-large-patch14).',
+        lora_seed=lora_seed, source=source)

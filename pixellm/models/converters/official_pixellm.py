@@ -13,7 +13,8 @@ import torch
 
 from pixellm.models.vision_encoders import interpolate_position_embedding
 from .hf_checkpoint import load_hf_state_dict
-from .key_mapping import ConversionResult, canonical_key, convert_state_dict, first_match
+from .key_mapping import (ConversionResult, canonical_key, convert_with_separate_clip,
+                          first_match)
 
 __all__ = ['OFFICIAL_KEY_MAP', 'OFFICIAL_DROPPED', 'ConversionResult', 'canonical_key',
            'clip_vision_weights', 'convert_official_pixellm', 'dropped_reason',
@@ -177,12 +178,6 @@ def convert_official_pixellm(official: Dict[str, torch.Tensor],
             in the model (listed as ``official -> ours`` where it has a toolbox name), or any
             shape that differs; all of them are listed.
     """
-    has_vision = any(k.startswith('model.vision_tower.') for k in official)
-    sources = list(official.items())
-    if not has_vision and clip is not None:
-        sources += [(f'model.vision_tower.vision_tower.vision_model.{k}', v)
-                    for k, v in clip.items()]
-
     def resize(ours: str, value: torch.Tensor,
                expected: torch.Tensor) -> Tuple[torch.Tensor, Optional[str]]:
         rows = expected.shape[0]
@@ -205,17 +200,9 @@ def convert_official_pixellm(official: Dict[str, torch.Tensor],
                 f'{value:.6g} (official constant, a plain list in the official code and so not '
                 'in its checkpoint)')
 
-    def hint(missing) -> str:
-        if any(k.startswith(_VISION_PREFIX) for k in missing) and not has_vision and clip is None:
-            return ('The official merge script leaves CLIP out of hf_model (it drops every '
-                    '"vision_tower" weight): give the CLIP checkpoint the model was trained '
-                    'with (PixelLM: openai/clip-vit-large-patch14-336).')
-        return ''
-
-    result = convert_state_dict(sources, target, OFFICIAL_KEY_MAP, OFFICIAL_DROPPED,
-                                resize=resize, fill=fill, hint=hint, lora_seed=lora_seed,
-                                source=source)
-    if has_vision and clip is not None:
-        result.notes.append('CLIP weights taken from the checkpoint; the separate CLIP weights '
-                            'were not used')
-    return result
+    return convert_with_separate_clip(
+        official, target, clip, OFFICIAL_KEY_MAP, OFFICIAL_DROPPED,
+        missing_clip_hint='The official merge script leaves CLIP out of hf_model (it drops every '
+        '"vision_tower" weight): give the CLIP checkpoint the model was trained with (PixelLM: '
+        'openai/clip-vit-large-patch14-336).',
+        resize=resize, fill=fill, lora_seed=lora_seed, source=source)
