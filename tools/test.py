@@ -19,6 +19,9 @@ import os
 import os.path as osp
 import sys
 
+import numpy as np
+import torch
+
 # Run from a checkout without installing: the repository root holds the pixellm package.
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
@@ -59,11 +62,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _json_value(value):
+    """A metric value as json writes it: numbers (numpy scalars, as mmseg's IoUMetric returns,
+    and one-element tensors included) as floats, anything else unchanged. A float32 keeps its
+    shortest decimal form (IoUMetric's 19.81, not 19.809999465942383)."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, np.floating):
+        value = float(str(value))
+    elif isinstance(value, np.generic):
+        value = value.item()
+    return float(value) if isinstance(value, (int, float)) else value
+
+
 def _write_metrics(metrics: dict, path: str) -> None:
     os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
-    atomic_write_text(json.dumps(
-        {k: (float(v) if isinstance(v, (int, float)) else v) for k, v in metrics.items()},
-        indent=2), path)
+    atomic_write_text(json.dumps({k: _json_value(v) for k, v in metrics.items()}, indent=2),
+                      path)
 
 
 @cli_main

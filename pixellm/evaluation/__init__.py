@@ -1,4 +1,4 @@
 """Evaluation of pixellm: metrics registered in ``pixellm.registry.METRICS``."""
-from .metrics import DumpPredictions, ReasonSegMetric
+from .metrics import DumpPredictions, IoUMetric, ReasonSegMetric
 
-__all__ = ['DumpPredictions', 'ReasonSegMetric']
+__all__ = ['DumpPredictions', 'IoUMetric', 'ReasonSegMetric']

@@ -134,7 +134,9 @@ def demo_pipeline(kind='train_pipeline', replace=None, insert_before=None):
     Returns:
         list[dict]: Transform configs.
     """
-    steps = [dict(step) for step in _demo_config()[kind]]
+    # The loaders' pipelines: load_config has handed them the config's text processor.
+    loader = dict(train_pipeline='train_dataloader', test_pipeline='test_dataloader')[kind]
+    steps = [dict(step) for step in _demo_config()[loader]['dataset']['pipeline']]
     out = []
     for step in steps:
         if insert_before and step['type'] == insert_before[0]:

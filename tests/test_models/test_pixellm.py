@@ -123,6 +123,58 @@ def test_generation_matches_teacher_forcing_for_batched_prompts():
             del single
 
 
+@pytest.mark.parametrize('hidden_offset', [-1, 0])
+def test_generated_states_are_the_teacher_forced_ones(hidden_offset):
+    """transformers' generate with the model's positions gives the states a full forward gives."""
+    cfg = tiny_model_cfg()
+    cfg['text_processor'] = dict(cfg['text_processor'], codebook=dict(
+        cfg['text_processor']['codebook'], hidden_offset=hidden_offset))
+    torch.manual_seed(0)
+    model = MODELS.build(cfg).eval()
+    data = make_batch(model, targets=(1, 2))
+    gen, states, aligned, _, _ = model.generate(data['inputs'], data['data_samples'],
+                                                max_new_tokens=3)
+    assert states.shape[:2] == aligned.shape == (2, gen.shape[1] + 1)
+    for i, sample in enumerate(data['data_samples']):
+        llm_tokens, mask, _ = model.encode_images(data['inputs'][i:i + 1],
+                                                  [sample.metainfo['img_shape']])
+        for t in range(gen.shape[1] + 1):
+            if t == gen.shape[1] and hidden_offset == -1:
+                assert not states[i, t].any()  # never read with the official offset
+                continue
+            ids = torch.cat([sample.prompt_ids, gen[i, :t]])
+            emb, _, m, _ = model._batch_sequences([ids], llm_tokens, mask)
+            hidden = model.llm(emb, attention_mask=m, position_ids=model._position_ids(m))
+            torch.testing.assert_close(states[i, t], hidden['hidden'][0, -1], atol=1e-4,
+                                       rtol=1e-4)
+
+
+def test_generation_options_reach_transformers_generate():
+    model = build_tiny(generation_cfg=dict(do_sample=True, temperature=50.0)).eval()
+    data = make_batch(model, targets=(1, ))
+    draws = set()
+    for seed in range(3):
+        torch.manual_seed(seed)
+        gen = model.generate(data['inputs'], data['data_samples'], max_new_tokens=6)[0]
+        draws.add(tuple(gen[0].tolist()))
+    assert len(draws) > 1  # sampling at a high temperature; greedy would repeat itself
+    greedy = build_tiny().eval()
+    once = greedy.generate(data['inputs'], data['data_samples'], max_new_tokens=6)[0]
+    again = greedy.generate(data['inputs'], data['data_samples'], max_new_tokens=6)[0]
+    assert torch.equal(once, again)
+    # Inside full_vocabulary transformers' own head covers the added rows; outside, its own.
+    hf = greedy.llm.hf_model
+    head = hf.get_output_embeddings()
+    hidden = torch.randn(1, 2, greedy.llm.hidden_size)
+    with greedy.llm.full_vocabulary():
+        torch.testing.assert_close(hf.get_output_embeddings()(hidden), greedy.llm.logits(hidden))
+        assert hf.get_output_embeddings()(hidden).shape[-1] == len(greedy.tokenizer)
+    assert hf.get_output_embeddings() is head
+    with pytest.raises(ValueError, match='beam search is not supported'):
+        build_tiny(generation_cfg=dict(num_beams=2)).generate(
+            data['inputs'], data['data_samples'], max_new_tokens=2)
+
+
 def test_config_swaps_reach_the_built_model():
     swapped = build_tiny(loss_mask=dict(type='TargetRefinementLoss', alpha=2.0))
     assert isinstance(swapped.loss_mask, TargetRefinementLoss)

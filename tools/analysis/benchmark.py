@@ -124,7 +124,8 @@ def check_llm_block(model, s: Dict) -> None:
 
 
 def llm_flops(model, tokens: int, context: int, batch: int = 1, training: bool = False,
-              base_trained: Optional[bool] = None) -> Dict[str, float]:
+              base_trained: Optional[bool] = None,
+              head_tokens: Optional[int] = None) -> Dict[str, float]:
     """LLM FLOPs of one forward (or fwd+bwd) over ``tokens`` new tokens per sequence.
 
     Args:
@@ -135,6 +136,8 @@ def llm_flops(model, tokens: int, context: int, batch: int = 1, training: bool =
         batch (int): Sequences. Defaults to 1.
         training (bool): Count backward too. Defaults to False.
         base_trained (bool, optional): Whether the base weights train; None reads the model.
+        head_tokens (int, optional): Positions per sequence the LM head runs on (generation's
+            prefill needs the last one only). None: every token.
 
     Returns:
         dict: ``llm_matmul``, ``llm_lora``, ``llm_head`` and ``llm_attention`` FLOPs.
@@ -157,7 +160,7 @@ def llm_flops(model, tokens: int, context: int, batch: int = 1, training: bool =
     return dict(
         llm_matmul=2.0 * n * s['layers'] * per_layer * base,
         llm_lora=2.0 * n * s['layers'] * lora * lora_m,
-        llm_head=2.0 * n * (head_base * _mult(training, head_trained, True)
+        llm_head=2.0 * batch * (tokens if head_tokens is None else head_tokens) * (head_base * _mult(training, head_trained, True)
                             + head_new * _mult(training, True, True)),
         # Both operands of QK^T and AV need gradients: backward is two products per product.
         llm_attention=4.0 * batch * tokens * context * s['heads'] * s['head_dim']
@@ -303,13 +306,14 @@ def forward_flops(model, batch: int, seq_len: int, num_targets: int) -> Dict[str
 
 def generate_flops(model, prompt_len: int, new_tokens: int, num_targets: int,
                    batch: int = 1) -> Dict[str, float]:
-    """Analytic FLOPs of ``predict``: encoder, prefill of ``prompt_len`` tokens, then one
-    cached forward per new token but the last (``generate`` skips the state it would not read),
-    then the pixel decoder on the targets written."""
+    """Analytic FLOPs of ``predict``: encoder, prefill of ``prompt_len`` tokens (the LM head on
+    the last one only, as transformers' ``generate`` runs it), then one cached forward per new
+    token but the last (nothing reads its state), then the pixel decoder on the targets
+    written."""
     out = OrderedDict()
     out.update(encoder_flops(model, batch))
     out.update(projector_flops(model, batch))
-    pre = llm_flops(model, prompt_len, prompt_len, batch)
+    pre = llm_flops(model, prompt_len, prompt_len, batch, head_tokens=1)
     for step in range(1, new_tokens):
         for key, val in llm_flops(model, 1, prompt_len + step, batch).items():
             pre[key] += val
@@ -480,49 +484,52 @@ def forced_answer_ids(model, targets: int, new_tokens: int) -> List[int]:
 
 
 class GenerationSteer:
-    """A forward hook on ``model.llm`` that forces the first generated ids and masks out EOS.
+    """A logits processor of ``model.generation_cfg`` that forces the first generated ids and
+    masks out EOS, installed for as long as the object lives (until :meth:`remove`).
 
     Args:
         model: A built PixelLM.
-        forced (list[int]): Ids the first generated tokens are forced to (one per LLM call of
-            ``generate``: the prefill gives the first token, each cached step the next).
+        forced (list[int]): Ids the first generated tokens are forced to, one per step.
     """
 
     def __init__(self, model, forced: Sequence[int]) -> None:
+        from transformers import LogitsProcessorList
         self.forced = list(forced)
         self.eos = model.eos_token_id
         self.calls = 0
-        self.handle = model.llm.register_forward_hook(self)
+        self.model = model
+        self.previous = model.generation_cfg
+        model.generation_cfg = dict(self.previous,
+                                    logits_processor=LogitsProcessorList([self._process]))
 
     def reset(self) -> None:
         """Start a new generation."""
         self.calls = 0
 
     def remove(self) -> None:
-        """Detach the hook."""
-        self.handle.remove()
+        """Give the model its own generation options back."""
+        self.model.generation_cfg = self.previous
 
-    def __call__(self, module, inputs, output):
-        logits = output['logits']
-        low = torch.finfo(logits.dtype).min
+    def _process(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = scores.clone()
+        low = torch.finfo(scores.dtype).min
         if self.calls < len(self.forced):
-            last = logits[:, -1]
-            keep = last[:, self.forced[self.calls]].clone()
-            last.fill_(low)
-            last[:, self.forced[self.calls]] = keep
-        logits[..., self.eos] = low
+            keep = scores[:, self.forced[self.calls]].clone()
+            scores.fill_(low)
+            scores[:, self.forced[self.calls]] = keep
+        scores[:, self.eos] = low
         self.calls += 1
-        return output
+        return scores
 
 
 def bench_infer(model, args, device: str, dtype: torch.dtype) -> Dict:
     """Time ``model.test_step`` on one image + question with ``--new-tokens`` generated tokens.
 
-    Random weights would stop at a random EOS and rarely write a codebook token, so a forward
-    hook on the LLM steers greedy decoding: the first tokens are forced to name as many of
+    Random weights would stop at a random EOS and rarely write a codebook token, so a logits
+    processor steers greedy decoding: the first tokens are forced to name as many of
     ``--targets`` targets as fit (:func:`forced_answer_ids`), and EOS is masked out afterwards, so
     every run generates exactly ``--new-tokens`` tokens and decodes the same number of masks.
-    The hook only edits logits; every forward still runs in full.
+    It only edits logits; every forward still runs in full.
     """
     model.eval()
     if args.new_tokens is None:

@@ -1,7 +1,8 @@
 """A transformers causal LM (LLaMA family) as PixelLM's language backbone, with LoRA and new token rows."""
+import contextlib
 import importlib.util
 import inspect
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -455,13 +456,21 @@ class HFCausalLM(BaseModule):
         self.new_head = nn.Parameter(torch.cat([self.new_head.data.to(new_h.device), new_h]))
         return list(range(first, first + num))
 
+    def _base_tables(self) -> Tuple[nn.Module, nn.Module]:
+        """transformers' own embedding table and LM head (also inside :meth:`full_vocabulary`)."""
+        swapped = getattr(self, '_swapped_tables', None)
+        if swapped is not None:
+            return swapped
+        hf = self.hf_model
+        return hf.get_input_embeddings(), hf.get_output_embeddings()
+
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Embed token ids, routing ids past the base vocabulary to the trainable rows."""
+        table = self._base_tables()[0]
         if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.vocab_size):
             raise ValueError(f'token ids must lie in [0, {self.vocab_size}), got '
                              f'[{int(input_ids.min())}, {int(input_ids.max())}]; was the '
                              'tokenizer extended without add_token_rows()?')
-        table = self.hf_model.get_input_embeddings()
         base = table(input_ids.clamp(max=self.base_vocab_size - 1))
         if self.train_token_tables:
             base = base.to(self.compute_dtype)
@@ -475,7 +484,7 @@ class HFCausalLM(BaseModule):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """LM-head logits over the base vocabulary followed by the added rows."""
-        head = self.hf_model.get_output_embeddings()
+        head = self._base_tables()[1]
         if self.train_token_tables:
             # The float32 table runs in the hidden states' dtype (autocast does the same cast).
             base = F.linear(hidden, head.weight.to(hidden.dtype),
@@ -485,6 +494,71 @@ class HFCausalLM(BaseModule):
         if self.new_head.shape[0] == 0:
             return base
         return torch.cat([base, hidden @ self.new_head.to(hidden.dtype).t()], dim=-1)
+
+    @contextlib.contextmanager
+    def full_vocabulary(self) -> Iterator[None]:
+        """Within the block, transformers' own embedding and LM head cover the added rows.
+
+        The added token rows are parameters of this wrapper, not of the transformers model, so
+        that only they train while the base tables stay frozen. Code that runs the transformers
+        model by itself (``generate``) sees the whole vocabulary through this block.
+        """
+        hf = self.hf_model
+        table, head = hf.get_input_embeddings(), hf.get_output_embeddings()
+        if self.new_embed.shape[0] == 0:
+            yield
+            return
+        self._swapped_tables = (table, head)
+        hf.set_input_embeddings(_WithAddedRows(self, table, 'embed'))
+        hf.set_output_embeddings(_WithAddedRows(self, head, 'logits'))
+        try:
+            yield
+        finally:
+            hf.set_input_embeddings(table)
+            hf.set_output_embeddings(head)
+            self._swapped_tables = None
+
+    @torch.no_grad()
+    def generate(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                 position_ids: torch.Tensor, max_new_tokens: int, eos_token_id: int,
+                 pad_token_id: int, synced_gpus: bool = False,
+                 **generation_kwargs) -> Tuple[torch.Tensor, torch.Tensor, Any]:
+        """Generate with transformers' ``generate`` from prompt embeddings.
+
+        Greedy unless ``generation_kwargs`` say otherwise (``do_sample``, ``temperature``,
+        ``top_p``, ``repetition_penalty``, ``logits_processor``, ``stopping_criteria``...; beam
+        search is refused, its hidden states do not follow one sequence). ``synced_gpus`` keeps
+        every rank generating until all have finished (sharded weights).
+
+        Args:
+            inputs_embeds (Tensor): ``(B, L, H)`` left-padded prompt embeddings.
+            attention_mask (Tensor): ``(B, L)``.
+            position_ids (Tensor): ``(B, L)``; later positions continue from the last one.
+            max_new_tokens (int): Generation budget.
+            eos_token_id (int): End of an answer.
+            pad_token_id (int): Written after a finished answer.
+            synced_gpus (bool): See above. Defaults to False.
+
+        Returns:
+            tuple: ``tokens`` ``(B, T)``; ``states`` ``(B, T, H)``, the last-layer hidden state
+            from which each token was emitted (the prompt's last state first); and the
+            key/value cache, holding every position but the last token's.
+        """
+        if generation_kwargs.get('num_beams', 1) != 1:
+            raise ValueError('beam search is not supported: each hidden state must belong to '
+                             'the one sequence that keeps it')
+        generation_kwargs.setdefault('do_sample', False)
+        with self.full_vocabulary():
+            out = self.model.generate(
+                inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                position_ids=position_ids, max_new_tokens=max_new_tokens,
+                eos_token_id=eos_token_id, pad_token_id=pad_token_id, synced_gpus=synced_gpus,
+                output_hidden_states=True, return_dict_in_generate=True, use_cache=True,
+                **generation_kwargs)
+        # hidden_states: per step, per layer; the last layer is after the final norm.
+        steps = out.hidden_states[:out.sequences.shape[1]]
+        states = torch.stack([layers[-1][:, -1] for layers in steps], 1)
+        return out.sequences, states, out.past_key_values
 
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 past_key_values=None, use_cache: bool = False,
@@ -504,3 +578,20 @@ class HFCausalLM(BaseModule):
         cache = out.get(cache_key) if use_cache else None
         return dict(hidden=hidden, logits=self.logits(hidden),
                     past_key_values=cache if use_cache else None)
+
+
+class _WithAddedRows(nn.Module):
+    """A transformers embedding or LM head extended by :class:`HFCausalLM`'s added token rows."""
+
+    def __init__(self, llm: 'HFCausalLM', base: nn.Module, method: str) -> None:
+        super().__init__()
+        self.base = base
+        self._llm = [llm]  # a list: the wrapper must not become a child module of the LLM
+        self._method = method
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return getattr(self._llm[0], self._method)(x)

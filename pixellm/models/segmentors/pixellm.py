@@ -69,8 +69,12 @@ class PixelLM(BaseModel):
         mask_padded_image_tokens (bool): Hide image tokens that lie wholly in the padding from the
             LLM (official behaviour). Defaults to True.
         max_new_tokens (int): Generation budget in ``predict``. Defaults to 128.
+        generation_cfg (dict, optional): Options of transformers' ``generate`` for ``predict``
+            (``do_sample``, ``temperature``, ``top_p``, ``repetition_penalty``,
+            ``logits_processor``...). None (default) decodes greedily, as the official
+            evaluation does.
         sync_ranks (bool, optional): Keep the ranks of a distributed run in step: generation goes
-            on until every rank has finished (a finished rank feeds padding), and a rank whose
+            on until every rank has finished (transformers' ``synced_gpus``), and a rank whose
             batch has no target still runs the pixel decoder on a dummy target. Needed when
             parameters are sharded (DeepSpeed ZeRO-3, FSDP), where every module call gathers
             weights with a collective that all ranks must join; otherwise a rank that stops
@@ -97,6 +101,7 @@ class PixelLM(BaseModel):
                  llm_image_grid: Optional[int] = 16,
                  mask_padded_image_tokens: bool = True,
                  max_new_tokens: int = 128,
+                 generation_cfg: Optional[Dict] = None,
                  sync_ranks: Optional[bool] = None,
                  data_preprocessor: Optional[Dict] = None,
                  init_cfg: Optional[Dict] = None) -> None:
@@ -185,6 +190,7 @@ class PixelLM(BaseModel):
         self.llm_image_grid = llm_image_grid or encoder.grid_size
         self.mask_padded_image_tokens = mask_padded_image_tokens
         self.max_new_tokens = max_new_tokens
+        self.generation_cfg = dict(generation_cfg or {})
         self._warned_truncation = False
         self.sync_ranks = sync_ranks
         self._extend_vocabulary()
@@ -360,13 +366,6 @@ class PixelLM(BaseModel):
         from torch.distributed.fsdp import FullyShardedDataParallel
         return any(isinstance(m, FullyShardedDataParallel) for m in self.modules())
 
-    @staticmethod
-    def _all_ranks(flag: bool, device: torch.device) -> bool:
-        """``flag`` is true on every rank (one all-reduce)."""
-        value = torch.tensor([0.0 if flag else 1.0], device=device)
-        torch.distributed.all_reduce(value)
-        return bool(value.item() == 0)
-
     def _decode_masks(self, targets: List[torch.Tensor],
                       dec_feats: List[torch.Tensor]) -> List[torch.Tensor]:
         """The pixel decoder on ``targets``; in step with the other ranks when required.
@@ -447,12 +446,16 @@ class PixelLM(BaseModel):
     @torch.no_grad()
     def generate(self, inputs: torch.Tensor, data_samples: List[PixelLMDataSample],
                  max_new_tokens: Optional[int] = None):
-        """Greedy decoding with a KV cache.
+        """Generate the answers with transformers' ``generate`` (see :meth:`HFCausalLM.generate`).
+
+        Greedy unless ``generation_cfg`` says otherwise. The prompts are left-padded; image
+        tokens hidden as padding keep their positions, as in training. In step with the other
+        ranks (``sync_ranks``) generation goes on until every rank has finished.
 
         Returns:
             tuple: generated ids ``(B, T)`` (pad after EOS), the hidden states aligned with
-            ``[last prompt token] + generated`` ``(B, T + 1, H)``, the aligned ids ``(B, T + 1)``
-            and the decoder features.
+            ``[last prompt token] + generated`` ``(B, T + 1, H)``, the aligned ids ``(B, T + 1)``,
+            the decoder features and the valid image sizes.
         """
         max_new = max_new_tokens or self.max_new_tokens
         valid_hw = self._valid_hw(data_samples, inputs.shape[-1])
@@ -460,45 +463,22 @@ class PixelLM(BaseModel):
         prompts = [s.prompt_ids for s in data_samples]
         emb, ids, mask, _ = self._batch_sequences(prompts, llm_tokens, token_mask, left_pad=True)
         pos = self._position_ids(mask)
-        out = self.llm(emb, attention_mask=mask, position_ids=pos, use_cache=True)
-        cache = out['past_key_values']
-        b = emb.shape[0]
-        last_ids = ids[:, -1]
-        states = [out['hidden'][:, -1]]
-        generated = []
-        finished = torch.zeros(b, dtype=torch.bool, device=emb.device)
-        next_pos = pos[:, -1]
-        # With the official hidden_offset=-1 the last token's own state is never read, so the
-        # forward pass that would compute it is skipped.
-        need_last_state = self.codebook.hidden_offset == 0
-        # In step (sharded weights): stop only when every rank is done, all at the same step.
-        in_step = self._ranks_in_step()
-
-        def all_done() -> bool:
-            done = bool(finished.all())
-            return self._all_ranks(done, emb.device) if in_step else done
-
-        for step in range(max_new):
-            logits = out['logits'][:, -1]
-            token = logits.argmax(-1)
-            token = torch.where(finished, torch.full_like(token, self.pad_token_id), token)
-            generated.append(token)
-            finished = finished | (token == self.eos_token_id)
-            if not need_last_state and (step == max_new - 1 or all_done()):
-                states.append(torch.zeros_like(states[-1]))
-                break
-            mask = torch.cat([mask, (~finished | (token == self.eos_token_id)).long()[:, None]], 1)
-            next_pos = next_pos + 1
-            out = self.llm(self.llm.embed(token[:, None]), attention_mask=mask,
-                           position_ids=next_pos[:, None], past_key_values=cache, use_cache=True)
-            cache = out['past_key_values']
-            states.append(out['hidden'][:, -1])
-            # (Without need_last_state the check before the forward pass already decided.)
-            if need_last_state and step < max_new - 1 and all_done():
-                break
-        gen = torch.stack(generated, 1) if generated else ids.new_zeros(b, 0)
-        aligned_ids = torch.cat([last_ids[:, None], gen], 1)
-        return gen, torch.stack(states, 1), aligned_ids, dec_feats, valid_hw
+        gen, states, cache = self.llm.generate(
+            emb, mask, pos, max_new, self.eos_token_id, self.pad_token_id,
+            synced_gpus=self._ranks_in_step(), **self.generation_cfg)
+        b, t = gen.shape
+        if self.codebook.hidden_offset == 0 and t:
+            # The last token's own state: one more step on the cache generation returned.
+            out = self.llm(self.llm.embed(gen[:, -1:]),
+                           attention_mask=torch.cat([mask, mask.new_ones(b, t)], 1),
+                           position_ids=pos[:, -1:] + t, past_key_values=cache, use_cache=True)
+            last = out['hidden'][:, -1]
+        else:
+            # With the official hidden_offset=-1 the last token's own state is never read.
+            last = states.new_zeros(b, states.shape[-1])
+        states = torch.cat([states, last[:, None]], 1)
+        aligned_ids = torch.cat([ids[:, -1:], gen], 1)
+        return gen, states, aligned_ids, dec_feats, valid_hw
 
     def predict(self, inputs: torch.Tensor, data_samples: List[PixelLMDataSample],
                 max_new_tokens: Optional[int] = None) -> List[PixelLMDataSample]:

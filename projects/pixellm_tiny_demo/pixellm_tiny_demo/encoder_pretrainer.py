@@ -169,7 +169,9 @@ class VisionEncoderPretrainer(BaseModel):
 
     def predict(self, inputs: torch.Tensor, data_samples: Sequence) -> List:
         """Return the samples with ``pred_sem_seg`` (``(1, H, W)`` labels at the original size)
-        and ``seg_logits`` (``(num_classes, H, W)``), as mmseg's segmentors do."""
+        and ``seg_logits`` (``(num_classes, H, W)``), as mmseg's segmentors do. With the
+        ``gt_sem_seg`` the samples came with (full resolution, from ``RenderSemanticMap``) they
+        are what mmseg's ``IoUMetric`` reads: the stage-1 config's test evaluator."""
         patch_logits = self._patch_logits(inputs, self._valid_hw(inputs, data_samples))
         p = self.vision_encoder.patch_size
         for i, sample in enumerate(data_samples):

@@ -4,11 +4,13 @@ Each step runs the user-facing tool in a subprocess, exactly as a user would typ
 this project's ``generate_demo_data.py`` (skipped when the dataset is complete), ``tools/train.py`` twice (stage
 1 pre-trains the tiny CLIP tower on the training images' semantic maps,
 ``pixellm_tiny_demo_encoder.py``; stage 2 trains PixelLM from that tower, ``pixellm_tiny_demo.py``
-with ``model.vision_encoder.pretrained`` set), ``tools/test.py --show-dir`` and
+with ``model.vision_encoder.pretrained`` set), ``tools/test.py`` twice (stage 1 as a semantic
+segmenter, mIoU by mmseg's ``IoUMetric``; stage 2 with ``--show-dir``) and
 ``tools/analysis/trivial_baselines.py``. It ends with the model's gIoU/cIoU next to the trivial
-predictors and the time each step took.
+predictors, the time each step took and the stage-1 mIoU.
 """
 import argparse
+import glob
 import json
 import os
 import os.path as osp
@@ -29,6 +31,39 @@ def run(step, cmd, timings):
     timings[step] = time.time() - start
 
 
+def read_checkpoint(work_dir):
+    """The checkpoint named by ``<work_dir>/last_checkpoint`` (written by mmengine's
+    CheckpointHook)."""
+    with open(osp.join(REPO, work_dir, 'last_checkpoint')) as f:
+        return f.read().strip()
+
+
+def stage_one_line(metrics_file, work_dir):
+    """The summary line of the stage-1 test: the mIoU ``tools/test.py`` wrote to
+    ``metrics_file`` (mmseg's ``IoUMetric``, in percent) and the records folder of that test,
+    whose log holds the per-class IoU table.
+
+    Args:
+        metrics_file (str): ``--out`` of the stage-1 ``tools/test.py``.
+        work_dir (str): Its ``--work-dir``; each test writes ``<work_dir>/<timestamp>/``.
+
+    Returns:
+        str: One line.
+    """
+    with open(osp.join(REPO, metrics_file)) as f:
+        metrics = json.load(f)
+    if 'mIoU' not in metrics:
+        sys.exit(f'the stage-1 test wrote no mIoU to {metrics_file} (it has {sorted(metrics)}); '
+                 "the stage-1 config's test_evaluator should be IoUMetric")
+    # tools/test.py writes test_metrics.json into each test's records folder; the newest is
+    # the test just run.
+    records = glob.glob(osp.join(REPO, work_dir, '*', 'test_metrics.json'))
+    where = (f'; per-class IoU in the log under {osp.dirname(max(records, key=osp.getmtime))}'
+             if records else '')
+    return (f'stage 1 (vision tower as a linear segmenter, val images): mIoU '
+            f'{metrics["mIoU"]:.2f}% (mmseg IoUMetric{where})')
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--config', default=CONFIG)
@@ -44,6 +79,12 @@ def main():
     run('data', [py, f'{PROJECT}/tools/generate_demo_data.py', '--out', args.data], timings)
     run('encoder', [py, 'tools/train.py', args.encoder_config, '--work-dir',
                     args.encoder_work_dir], timings)
+    # Stage 1 scored as what it is trained to be, a semantic segmenter of the val images.
+    encoder_metrics = osp.join(args.encoder_work_dir, 'test_metrics.json')
+    run('encoder test', [py, 'tools/test.py', args.encoder_config,
+                         read_checkpoint(args.encoder_work_dir), '--work-dir',
+                         args.encoder_work_dir, '--out', encoder_metrics], timings)
+    stage_one = stage_one_line(encoder_metrics, args.encoder_work_dir)
     # Written by the stage-1 config's SaveVisionEncoderHook; absolute, as stage 2's saved config
     # keeps it.
     encoder = osp.join(REPO, args.encoder_work_dir, 'vision_encoder')
@@ -52,8 +93,7 @@ def main():
                  'SaveVisionEncoderHook.out_dir); stage 2 needs it')
     run('train', [py, 'tools/train.py', args.config, '--work-dir', work_dir, '--cfg-options',
                   f'model.vision_encoder.pretrained={encoder}'], timings)
-    with open(osp.join(REPO, work_dir, 'last_checkpoint')) as f:
-        checkpoint = f.read().strip()
+    checkpoint = read_checkpoint(work_dir)
     metrics_file = osp.join(work_dir, 'test_metrics.json')
     overlays = osp.join(work_dir, 'overlays')
     run('test', [py, 'tools/test.py', args.config, checkpoint, '--work-dir', work_dir,
@@ -93,6 +133,7 @@ def main():
     print('=' * width)
     verdict = 'beats' if model['gIoU'] > baselines[best]['gIoU'] else 'does NOT beat'
     print(f'verdict: the trained model {verdict} the best trivial predictor ({best}) on gIoU')
+    print(stage_one)
 
 
 if __name__ == '__main__':

@@ -272,15 +272,11 @@ def scenes(tmp_path_factory):
     return root
 
 
-def test_stage_one_trains_writes_the_tower_and_pixellm_loads_it(scenes, tmp_path):
-    """tools/train.py on the stage-1 config: the loss falls, SaveVisionEncoderHook writes the
-    tower, and the demo config built with it holds exactly the trained weights."""
-    from mmengine.registry import init_default_scope
-
-    from pixellm.engine.checkpoint import load_checkpoint_safely
-    from pixellm.registry import MODELS
-    from pixellm.utils.config import load_config
-    work = tmp_path / 'stage1'
+@pytest.fixture(scope='module')
+def stage_one(scenes, tmp_path_factory):
+    """The stage-1 config trained by tools/train.py for 120 iterations on ``scenes``: its work
+    dir and the training's output."""
+    work = tmp_path_factory.mktemp('stage1') / 'work'
     proc = subprocess.run(
         [sys.executable, 'tools/train.py', ENCODER_CFG, '--work-dir', str(work), '--cfg-options',
          f'train_dataloader.dataset.data_root={scenes}',
@@ -288,7 +284,18 @@ def test_stage_one_trains_writes_the_tower_and_pixellm_loads_it(scenes, tmp_path
          'default_hooks.logger.interval=20', 'log_processor.window_size=20'],
         cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    log = proc.stdout + proc.stderr
+    return work, proc.stdout + proc.stderr
+
+
+def test_stage_one_trains_writes_the_tower_and_pixellm_loads_it(stage_one):
+    """tools/train.py on the stage-1 config: the loss falls, SaveVisionEncoderHook writes the
+    tower, and the demo config built with it holds exactly the trained weights."""
+    from mmengine.registry import init_default_scope
+
+    from pixellm.engine.checkpoint import load_checkpoint_safely
+    from pixellm.registry import MODELS
+    from pixellm.utils.config import load_config
+    work, log = stage_one
     losses = [float(line.split('loss_seg: ')[1].split()[0]) for line in log.splitlines()
               if 'loss_seg: ' in line]
     assert len(losses) >= 6 and losses[-1] < 0.8 * losses[0], losses
@@ -326,3 +333,145 @@ def test_stage_one_config_builds_and_reads_the_generated_data(scenes):
         # Background and the generated shapes' category ids, all below num_classes.
         assert 0 in values and len(values) >= 2 and max(values) < cfg.model.num_classes
     assert model(**data, mode='loss')['loss_seg'].item() > 0
+
+
+def numpy_iou(preds, gts, num_classes, ignore_index=255):
+    """Per-class IoU and overall pixel accuracy, in percent, summed over images (NaN for a class
+    in neither prediction nor label), counted with numpy from the label maps."""
+    inter = np.zeros(num_classes)
+    union = np.zeros(num_classes)
+    correct = labelled = 0
+    for pred, gt in zip(preds, gts):
+        valid = gt != ignore_index
+        for c in range(num_classes):
+            inter[c] += np.sum(valid & (pred == c) & (gt == c))
+            union[c] += np.sum(valid & ((pred == c) | (gt == c)))
+        correct += np.sum(valid & (pred == gt))
+        labelled += np.sum(valid)
+    with np.errstate(invalid='ignore'):
+        return 100 * inter / union, 100 * correct / labelled
+
+
+def assert_table_shows(text, classes, iou):
+    """``text`` holds IoUMetric's per-class table: a row per class, in order, with its IoU
+    (``nan`` for a class in neither prediction nor label)."""
+    rows = [[c.strip() for c in line.strip().strip('|').split('|')]
+            for line in text.splitlines() if line.startswith('|')]
+    assert rows[0][:2] == ['Class', 'IoU'], rows
+    assert [r[0] for r in rows[1:]] == list(classes), rows
+    for (name, shown, *_), value in zip(rows[1:], iou):
+        if np.isnan(value):
+            assert shown == 'nan', name
+        else:
+            assert float(shown) == pytest.approx(value, abs=0.006), name
+
+
+def test_predictions_scored_by_mmseg_iou_metric_match_a_numpy_count():
+    """The pretrainer's predict output goes through IoUMetric (built by name under pixellm's
+    scope, fed by mmengine's Evaluator as the test loop feeds it) and gives the IoUs counted by
+    hand. The model's patch logits are fixed: each patch column votes for one class, so the
+    predicted map is known exactly (the column's pixels, at the original size)."""
+    from mmengine.evaluator import Evaluator
+
+    from conftest import captured_log_records
+    classes = ('background', 'a', 'b', 'unused')
+    model = pretrainer()
+    # Patch-column classes of the 4x4 grid. Image 0 fills the 56x56 input; image 1 is 56x42
+    # (three patch columns; the fourth is padding and must not be read), shown at 112x84.
+    columns = [[0, 1, 1, 2], [2, 0, 1, 3]]
+    logits = torch.zeros(2, len(classes), 4, 4)
+    for b, cols in enumerate(columns):
+        for j, c in enumerate(cols):
+            logits[b, c, :, j] = 5.0
+    # A loud padding column: read by the upsampling, it would take the image's last pixels.
+    logits[1, 3, :, 3] = 50.0
+    model._patch_logits = lambda inputs, valid_hw: logits
+    shapes = [((56, 56), (56, 56)), ((56, 42), (112, 84))]
+    expected = [np.repeat(np.array(columns[0]), 14)[None].repeat(56, 0),
+                np.repeat(np.array(columns[1][:3]), 28)[None].repeat(112, 0)]
+    rng = np.random.default_rng(3)
+    gts = []
+    for exp in expected:
+        gt = rng.integers(0, 3, size=exp.shape)
+        gt[rng.random(exp.shape) < 0.1] = 255
+        # Agree with the prediction on a band, so that the IoUs differ by class.
+        gt[:20] = exp[:20]
+        gts.append(gt)
+    samples = [sample(gt, img_shape, ori_shape) for gt, (img_shape, ori_shape) in zip(gts, shapes)]
+    with torch.no_grad():
+        preds = model(torch.zeros(2, 3, 56, 56), samples, mode='predict')
+    for pred, exp in zip(preds, expected):
+        np.testing.assert_array_equal(pred.pred_sem_seg.data[0].numpy(), exp)
+
+    evaluator = Evaluator(dict(type='IoUMetric', iou_metrics=['mIoU']))
+    evaluator.dataset_meta = dict(classes=classes)
+    evaluator.process(preds)
+    with captured_log_records() as records:
+        result = evaluator.evaluate(len(preds))
+    iou, acc = numpy_iou(expected, gts, len(classes))
+    assert np.isnan(iou[3]) and not np.isnan(iou[:3]).any()
+    assert result['mIoU'] == pytest.approx(np.nanmean(iou), abs=0.006)
+    assert result['aAcc'] == pytest.approx(acc, abs=0.006)
+    # The per-class table of the log: one row per class name with its IoU.
+    table = next(r.getMessage() for r in records if ' Class ' in r.getMessage())
+    assert_table_shows(table, classes, iou)
+
+
+def test_stage_one_config_scores_each_val_image_with_iou_metric(scenes):
+    """The stage-1 config's test split is the val images, one item each, with the six class
+    names in label-value order; its evaluator is mmseg's IoUMetric."""
+    from mmengine.registry import METRICS as ROOT_METRICS
+    from mmseg.evaluation import IoUMetric
+
+    from pixellm.registry import DATASETS
+    from pixellm.utils.config import load_config
+    from projects.pixellm_tiny_demo.pixellm_tiny_demo.muse_scenes import CATEGORY_IDS
+    cfg = load_config(ENCODER_CFG)
+    classes = tuple(cfg.test_dataloader.dataset.metainfo['classes'])
+    assert classes[0] == 'background' and len(classes) == cfg.model.num_classes
+    assert {name: classes.index(name) for name in classes[1:]} == CATEGORY_IDS
+    metric = ROOT_METRICS.build(cfg.test_evaluator)
+    assert type(metric) is IoUMetric and metric.metrics == ['mIoU']
+    ds = DATASETS.build(dict(cfg.test_dataloader.dataset, data_root=scenes))
+    with open(osp.join(scenes, 'muse_val.json')) as f:
+        val = json.load(f)
+    assert len(ds) == len(val)
+    assert tuple(ds.metainfo['classes']) == classes
+    item = ds[0]['data_samples']
+    assert item.gt_sem_seg.data.shape[-2:] == tuple(item.metainfo['ori_shape'])
+
+
+def test_stage_one_test_prints_miou_and_the_per_class_table(stage_one, scenes, tmp_path):
+    """tools/test.py on the stage-1 config and its checkpoint: mmseg's IoUMetric scores the val
+    images; the printed mIoU, the --out json and the per-class table agree with the IoUs counted
+    with numpy from the checkpoint's predictions."""
+    from mmengine.dataset import pseudo_collate
+
+    from pixellm.engine.checkpoint import load_checkpoint_safely
+    from pixellm.registry import DATASETS, MODELS
+    from pixellm.utils.config import load_config
+    work, _ = stage_one
+    out = tmp_path / 'metrics.json'
+    proc = subprocess.run(
+        [sys.executable, 'tools/test.py', ENCODER_CFG, str(work / 'iter_120.pth'), '--work-dir',
+         str(tmp_path / 'test'), '--out', str(out), '--cfg-options',
+         f'test_dataloader.dataset.data_root={scenes}'],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    metrics = json.loads(out.read_text())
+    assert set(metrics) == {'aAcc', 'mIoU', 'mAcc'}
+    assert f'mIoU: {metrics["mIoU"]:.4f}' in proc.stdout
+
+    cfg = load_config(ENCODER_CFG)
+    classes = tuple(cfg.test_dataloader.dataset.metainfo['classes'])
+    ds = DATASETS.build(dict(cfg.test_dataloader.dataset, data_root=scenes))
+    model = MODELS.build(cfg.model).eval()
+    model.load_state_dict(load_checkpoint_safely(str(work / 'iter_120.pth'))['state_dict'])
+    with torch.no_grad():
+        batch = model.data_preprocessor(pseudo_collate([ds[i] for i in range(len(ds))]), False)
+        preds = model(**batch, mode='predict')
+    iou, acc = numpy_iou([p.pred_sem_seg.data[0].numpy() for p in preds],
+                         [p.gt_sem_seg.data[0].numpy() for p in preds], len(classes))
+    assert metrics['mIoU'] == pytest.approx(np.nanmean(iou), abs=0.006)
+    assert metrics['aAcc'] == pytest.approx(acc, abs=0.006)
+    assert_table_shows(proc.stdout, classes, iou)
