@@ -10,15 +10,20 @@ from pixellm.registry import MODELS
 def offline_model_cfg(model_cfg: Dict) -> Dict:
     """Return a copy of a PixelLM model config that builds with random weights and no download.
 
-    ``pretrained`` of the vision encoder and the LLM is dropped (their ``vision_config`` /
-    ``llm_config`` give the same shapes; a timm encoder's ``model_name`` does, and its
-    ``pretrained=True`` and ``checkpoint_path`` are turned off), and a tokenizer that would be
+    ``pretrained`` of the vision encoder, the LLM and a mask encoder (LISA's SAM) is dropped
+    (their ``vision_config`` / ``llm_config`` give the same shapes; a timm encoder's
+    ``model_name`` does, and its ``pretrained=True`` and ``checkpoint_path`` are turned off), so
+    is a pixel decoder's (LISA's SAM mask decoder: its config gives the shapes), and a
+    tokenizer that would be
     downloaded is replaced by the shipped tiny tokenizer padded with filler tokens to the LLM's
     vocabulary size, so added tokens get the ids (and the model the rows) they get with the real
     tokenizer.
     """
     cfg = copy.deepcopy(dict(model_cfg))
-    for key, shape_key in (('vision_encoder', 'vision_config'), ('llm', 'llm_config')):
+    for key, shape_key in (('vision_encoder', 'vision_config'), ('llm', 'llm_config'),
+                           ('mask_encoder', 'vision_config')):
+        if cfg.get(key) is None:
+            continue
         part = dict(cfg[key])
         if isinstance(part.get('pretrained'), bool) or part.get('checkpoint_path') is not None:
             # TimmVisionEncoder: the architecture is model_name, the weights a flag or a file.
@@ -30,6 +35,9 @@ def offline_model_cfg(model_cfg: Dict) -> Dict:
                                  f'{shape_key} to build it without weights')
             part['pretrained'] = None
         cfg[key] = part
+    if isinstance(cfg.get('pixel_decoder'), dict) and \
+            cfg['pixel_decoder'].get('pretrained') is not None:
+        cfg['pixel_decoder'] = dict(cfg['pixel_decoder'], pretrained=None)
     if cfg.get('text_processor') is None:
         raise ValueError('the model config has no text_processor; load the config with '
                          'pixellm.utils.load_config, which hands it the config\'s text_processor')

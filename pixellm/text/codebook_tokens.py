@@ -18,6 +18,7 @@ def codebook_token_strings(num_scales: int, tokens_per_scale: int,
         num_scales (int): Number of image-feature scales (``image_feature_scale_num``).
         tokens_per_scale (int): Tokens per scale (``seg_token_num``).
         token_format (str): Format string with one ``{}`` for the index. Defaults to ``'[SEG{}]'``.
+            A codebook of a single token may name it without an index (LISA's ``'[SEG]'``).
 
     Returns:
         list[str]: ``num_scales * tokens_per_scale`` distinct token strings.
@@ -25,9 +26,13 @@ def codebook_token_strings(num_scales: int, tokens_per_scale: int,
     if num_scales < 1 or tokens_per_scale < 1:
         raise ValueError(f'codebook needs num_scales >= 1 and tokens_per_scale >= 1, got '
                          f'num_scales={num_scales}, tokens_per_scale={tokens_per_scale}')
+    count = num_scales * tokens_per_scale
+    if count == 1 and '{}' not in token_format:
+        return [token_format]
     if token_format.count('{}') != 1:
-        raise ValueError(f"token_format must contain exactly one '{{}}', got {token_format!r}")
-    return [token_format.format(i) for i in range(num_scales * tokens_per_scale)]
+        raise ValueError(f"token_format must contain exactly one '{{}}' (a single-token codebook "
+                         f"may have none), got {token_format!r} for {count} tokens")
+    return [token_format.format(i) for i in range(count)]
 
 
 def target_string(tokens: List[str]) -> str:

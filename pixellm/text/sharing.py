@@ -16,9 +16,26 @@ def _takes_text_processor(registry, type_name: Any) -> bool:
     if not inspect.isclass(cls) and not callable(cls):
         return False
     try:
-        return 'text_processor' in inspect.signature(cls).parameters
+        params = inspect.signature(cls).parameters
     except (TypeError, ValueError):
         return False
+    if 'text_processor' in params:
+        return True
+    # A subclass passing ``**kwargs`` on to its base (LISA to PixelLM) takes what the base takes.
+    if not inspect.isclass(cls) or not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return False
+    for klass in cls.__mro__[1:]:
+        if '__init__' not in vars(klass):
+            continue
+        try:
+            params = inspect.signature(vars(klass)['__init__']).parameters
+        except (TypeError, ValueError):
+            return False
+        if 'text_processor' in params:
+            return True
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            return False
+    return False
 
 
 def _pipelines(node: Any) -> Iterator[list]:

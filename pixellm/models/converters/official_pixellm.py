@@ -7,15 +7,18 @@ merges LoRA into the LLaMA weights and saves every weight except those whose nam
 (``openai/clip-vit-large-patch14-336``), resized to 448 as the official code resizes it.
 """
 import math
-import re
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 
-from pixellm.models.export import CheckpointMismatchError
 from pixellm.models.vision_encoders import interpolate_position_embedding
 from .hf_checkpoint import load_hf_state_dict
+from .key_mapping import (ConversionResult, canonical_key, convert_with_separate_clip,
+                          first_match)
+
+__all__ = ['OFFICIAL_KEY_MAP', 'OFFICIAL_DROPPED', 'ConversionResult', 'canonical_key',
+           'clip_vision_weights', 'convert_official_pixellm', 'dropped_reason',
+           'load_clip_vision_weights', 'map_official_key', 'official_fusion_weights']
 
 # (official key, toolbox key) as regular expression and template; the first full match wins.
 # The LLM targets are written without peft's wrapper (``llm.model.`` is the transformers
@@ -53,30 +56,9 @@ OFFICIAL_DROPPED: Tuple[Tuple[str, str], ...] = (
 
 _VISION_PREFIX = 'vision_encoder.vision_model.'
 _POS_EMBED = _VISION_PREFIX + 'embeddings.position_embedding.weight'
-# Token tables: official (all rows) -> toolbox base table + added rows.
-_TOKEN_TABLES = {'llm.model.model.embed_tokens.weight': 'llm.new_embed',
-                 'llm.model.lm_head.weight': 'llm.new_head'}
 _TOKEN_FUSION = 'pixel_decoder.token_fusion'
 _SCALE_FUSION = 'pixel_decoder.scale_fusion'
-_LORA = re.compile(r'\.lora_([AB])\.[^.]+\.weight$')
 _CLIP_NON_VISION = ('text_model.', 'text_projection.', 'visual_projection.', 'logit_scale')
-
-
-@dataclass
-class ConversionResult:
-    """What :func:`convert_official_pixellm` returns.
-
-    Attributes:
-        state_dict (dict[str, Tensor]): The toolbox state dict, keys and shapes exactly the model's.
-        dropped (dict[str, str]): Official keys left out, with the reason.
-        filled (dict[str, str]): Model keys with no official tensor, with the value they got.
-        notes (list[str]): Other transformations (token-table split, position-table resize).
-    """
-
-    state_dict: Dict[str, torch.Tensor]
-    dropped: Dict[str, str] = field(default_factory=dict)
-    filled: Dict[str, str] = field(default_factory=dict)
-    notes: List[str] = field(default_factory=list)
 
 
 def official_fusion_weights(num_scales: int, tokens_per_scale: int) -> Tuple[float, float]:
@@ -99,19 +81,6 @@ def official_fusion_weights(num_scales: int, tokens_per_scale: int) -> Tuple[flo
     return token, 1.0 / num_scales
 
 
-def canonical_key(key: str) -> str:
-    """A toolbox key without peft's wrapper (``base_model.model.``, ``.base_layer``).
-
-    Args:
-        key (str): A key of the toolbox state dict.
-
-    Returns:
-        str: The key as :data:`OFFICIAL_KEY_MAP` writes it.
-    """
-    key = re.sub(r'^llm\.model\.base_model\.model\.', 'llm.model.', key)
-    return key.replace('.base_layer.', '.')
-
-
 def map_official_key(key: str) -> Optional[str]:
     """The toolbox key of an official key.
 
@@ -122,11 +91,7 @@ def map_official_key(key: str) -> Optional[str]:
         str | None: The key without peft's wrapper (see :func:`canonical_key`), or None if no
         rule of :data:`OFFICIAL_KEY_MAP` matches.
     """
-    for pattern, template in OFFICIAL_KEY_MAP:
-        match = re.fullmatch(pattern, key)
-        if match:
-            return match.expand(template)
-    return None
+    return first_match(key, OFFICIAL_KEY_MAP)
 
 
 def dropped_reason(key: str) -> Optional[str]:
@@ -138,10 +103,7 @@ def dropped_reason(key: str) -> Optional[str]:
     Returns:
         str | None: The reason, or None if the key is not one of :data:`OFFICIAL_DROPPED`.
     """
-    for pattern, reason in OFFICIAL_DROPPED:
-        if re.fullmatch(pattern, key):
-            return reason
-    return None
+    return first_match(key, OFFICIAL_DROPPED)
 
 
 def clip_vision_weights(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -174,10 +136,6 @@ def load_clip_vision_weights(path: str) -> Dict[str, torch.Tensor]:
     """
     return clip_vision_weights(
         load_hf_state_dict(path, select=lambda k: not k.startswith(_CLIP_NON_VISION)))
-
-
-def _shape(t: torch.Tensor) -> Tuple[int, ...]:
-    return tuple(t.shape)
 
 
 def convert_official_pixellm(official: Dict[str, torch.Tensor],
@@ -220,98 +178,31 @@ def convert_official_pixellm(official: Dict[str, torch.Tensor],
             in the model (listed as ``official -> ours`` where it has a toolbox name), or any
             shape that differs; all of them are listed.
     """
-    result = ConversionResult(state_dict={})
-    by_canonical = {canonical_key(k): k for k in target}
-    out = result.state_dict
-    missing, unexpected, wrong_shape = [], [], []
-    misfit = set()  # model keys reported with a wrong shape, not again as missing
+    def resize(ours: str, value: torch.Tensor,
+               expected: torch.Tensor) -> Tuple[torch.Tensor, Optional[str]]:
+        rows = expected.shape[0]
+        grid = math.isqrt(rows - 1)
+        if (ours == _POS_EMBED and grid * grid == rows - 1
+                and value.shape[1:] == expected.shape[1:]):
+            note = f'{ours}: {value.shape[0]} -> {rows} rows, bilinear, {pos_embed_layout!r} layout'
+            return interpolate_position_embedding(value.float(), grid, pos_embed_layout), note
+        return value, None
 
-    def put(ours: str, value: torch.Tensor, official_key: str) -> None:
-        expected = target[ours]
-        if _shape(value) != _shape(expected):
-            wrong_shape.append((f'{official_key} -> {ours}', _shape(value), _shape(expected)))
-            misfit.add(ours)
-            return
-        out[ours] = value.to(expected.dtype)
-
-    has_vision = any(k.startswith('model.vision_tower.') for k in official)
-    sources = list(official.items())
-    if not has_vision and clip is not None:
-        sources += [(f'model.vision_tower.vision_tower.vision_model.{k}', v)
-                    for k, v in clip.items()]
-    for key, value in sources:
-        reason = dropped_reason(key)
-        if reason is not None:
-            result.dropped[key] = reason
-            continue
-        canonical = map_official_key(key)
-        if canonical is None:
-            unexpected.append(key)
-            continue
-        if canonical in _TOKEN_TABLES:
-            ours = by_canonical.get(canonical)
-            added = _TOKEN_TABLES[canonical]
-            if ours is None or added not in target:
-                unexpected.append(f'{key} -> {canonical} (not in the model)')
-                continue
-            base, extra = target[ours].shape[0], target[added].shape[0]
-            if value.shape[0] != base + extra or value.shape[1:] != target[ours].shape[1:]:
-                wrong_shape.append((f'{key} -> {ours} ({base} base rows) + {added} ({extra} '
-                                    'added rows)', _shape(value),
-                                    (base + extra, *target[ours].shape[1:])))
-                misfit.update((ours, added))
-                continue
-            # Copies, so that the saved base table does not carry the storage of all rows.
-            put(ours, value[:base].clone(), key)
-            put(added, value[base:].clone(), key)
-            result.notes.append(f'{key}: rows [0, {base}) -> {ours}, rows [{base}, '
-                                f'{base + extra}) -> {added}')
-            continue
-        ours = by_canonical.get(canonical)
-        if ours is None:
-            unexpected.append(f'{key} -> {canonical} (not in the model)')
-            continue
-        if ours == _POS_EMBED and value.shape[0] != target[ours].shape[0]:
-            rows = target[ours].shape[0]
-            grid = math.isqrt(rows - 1)
-            if grid * grid == rows - 1 and value.shape[1:] == target[ours].shape[1:]:
-                result.notes.append(f'{ours}: {value.shape[0]} -> {rows} rows, bilinear, '
-                                    f'{pos_embed_layout!r} layout')
-                value = interpolate_position_embedding(value.float(), grid, pos_embed_layout)
-        put(ours, value, key)
-
-    if has_vision and clip is not None:
-        result.notes.append('CLIP weights taken from the checkpoint; the separate CLIP weights '
-                            'were not used')
     fusion = _TOKEN_FUSION in target and _SCALE_FUSION in target
-    lora_gen = torch.Generator().manual_seed(lora_seed)
-    for key in target:
-        if key in out or key in misfit:
-            continue
-        lora = _LORA.search(key)
-        if fusion and key in (_TOKEN_FUSION, _SCALE_FUSION):
-            token_w, scale_w = official_fusion_weights(target[_SCALE_FUSION].numel(),
-                                                       target[_TOKEN_FUSION].numel())
-            value = token_w if key == _TOKEN_FUSION else scale_w
-            out[key] = torch.full(target[key].shape, value, dtype=target[key].dtype)
-            result.filled[key] = (f'{value:.6g} (official constant, a plain list in the official '
-                                  'code and so not in its checkpoint)')
-        elif lora and canonical_key(key).replace(lora.group(0), '.weight') in by_canonical:
-            tensor = torch.zeros(target[key].shape, dtype=target[key].dtype)
-            if lora.group(1) == 'A':
-                torch.nn.init.kaiming_uniform_(tensor, a=math.sqrt(5), generator=lora_gen)
-                result.filled[key] = f'Kaiming-uniform (seed {lora_seed}), as peft initialises'
-            else:
-                result.filled[key] = '0: the merged official LoRA is already in the base weight'
-            out[key] = tensor
-        else:
-            missing.append(key)
-    if missing or unexpected or wrong_shape:
-        hint = ''
-        if any(k.startswith(_VISION_PREFIX) for k in missing) and not has_vision and clip is None:
-            hint = ('The official merge script leaves CLIP out of hf_model (it drops every '
-                    '"vision_tower" weight): give the CLIP checkpoint the model was trained '
-                    'with (PixelLM: openai/clip-vit-large-patch14-336).')
-        raise CheckpointMismatchError(f'Checkpoint {source!r}', missing, unexpected,
-                                      wrong_shape, hint)
-    return result
+
+    def fill(key: str) -> Optional[Tuple[torch.Tensor, str]]:
+        if not fusion or key not in (_TOKEN_FUSION, _SCALE_FUSION):
+            return None
+        token_w, scale_w = official_fusion_weights(target[_SCALE_FUSION].numel(),
+                                                   target[_TOKEN_FUSION].numel())
+        value = token_w if key == _TOKEN_FUSION else scale_w
+        return (torch.full(target[key].shape, value, dtype=target[key].dtype),
+                f'{value:.6g} (official constant, a plain list in the official code and so not '
+                'in its checkpoint)')
+
+    return convert_with_separate_clip(
+        official, target, clip, OFFICIAL_KEY_MAP, OFFICIAL_DROPPED,
+        missing_clip_hint='The official merge script leaves CLIP out of hf_model (it drops every '
+        '"vision_tower" weight): give the CLIP checkpoint the model was trained with (PixelLM: '
+        'openai/clip-vit-large-patch14-336).',
+        resize=resize, fill=fill, lora_seed=lora_seed, source=source)

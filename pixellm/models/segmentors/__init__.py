@@ -1,3 +1,4 @@
+from .lisa import LISA
 from .pixellm import PixelLM
 
-__all__ = ['PixelLM']
+__all__ = ['LISA', 'PixelLM']

@@ -118,7 +118,11 @@ class PixelLM(BaseModel):
                              'official out_mm_projector); add one or set '
                              'separate_mm_projector=False to share the LLM projector')
         encoder = MODELS.build(vision_encoder)
-        size = encoder.image_size
+        # The encoder whose features the pixel decoder reads: the vision encoder itself, or a
+        # subclass's own mask encoder (LISA's SAM), which then also sets the input size.
+        mask_encoder = self._build_mask_encoder()
+        feat_encoder = encoder if mask_encoder is None else mask_encoder
+        size = feat_encoder.image_size
         if data_preprocessor is None:
             data_preprocessor = dict(type='PixelLMDataPreprocessor', size=size)
         elif isinstance(data_preprocessor, dict):
@@ -126,15 +130,22 @@ class PixelLM(BaseModel):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         if getattr(self.data_preprocessor, 'size', size) != size:
             raise ValueError(f'data_preprocessor pads to {self.data_preprocessor.size} but the '
-                             f'vision encoder takes {size}x{size} inputs; set both to one size')
+                             f'{"vision" if mask_encoder is None else "mask"} encoder takes '
+                             f'{size}x{size} inputs; set both to one size')
         self.vision_encoder = encoder
+        if mask_encoder is not None:
+            self.mask_encoder = mask_encoder
         self.llm = MODELS.build(llm)
         hidden = self.llm.hidden_size
         feat_dim = encoder.embed_dim
         self.projector = MODELS.build(_fill(projector, in_channels=feat_dim, out_channels=hidden))
         self._check_width('projector', self.projector, feat_dim, hidden)
         self.separate_mm_projector = separate_mm_projector
-        if separate_mm_projector:
+        if mask_encoder is not None:
+            # The mask encoder's features go to the decoder as they are.
+            self.mask_projector = None
+            mask_feat_dim = mask_encoder.embed_dim
+        elif separate_mm_projector:
             self.mask_projector = MODELS.build(
                 _fill(mask_projector, in_channels=feat_dim, out_channels=hidden))
             self._check_width('mask_projector', self.mask_projector, feat_dim, None)
@@ -145,28 +156,31 @@ class PixelLM(BaseModel):
         from pixellm.text import build_text_processor
         self.text_processor = build_text_processor(text_processor)
         self.codebook = MODELS.build(self.text_processor.codebook_cfg)
-        if self.codebook.num_scales != encoder.num_scales:
+        if self.codebook.num_scales != feat_encoder.num_scales:
             raise ValueError(f'text_processor.codebook has {self.codebook.num_scales} scale(s) '
-                             f'but the vision encoder returns {encoder.num_scales} '
-                             f'(select_layers={encoder.select_layers}); make them equal')
+                             f'but the {"vision" if mask_encoder is None else "mask"} encoder '
+                             f'returns {feat_encoder.num_scales} (select_layers='
+                             f'{getattr(feat_encoder, "select_layers", None)}); make them equal')
         if list(self.codebook.tokens) != list(self.text_processor.codebook_tokens):
             raise ValueError(f'codebook {type(self.codebook).__name__} writes '
                              f'{self.codebook.tokens} but the text processor reads its tokens as '
                              f'{self.text_processor.codebook_tokens}')
         self.pixel_decoder = MODELS.build(_fill(
             pixel_decoder, in_channels=hidden, feat_channels=mask_feat_dim,
-            grid_size=encoder.grid_size, input_size=size, num_scales=self.codebook.num_scales,
+            grid_size=feat_encoder.grid_size, input_size=size,
+            num_scales=self.codebook.num_scales,
             tokens_per_scale=self.codebook.tokens_per_scale))
         self.pixel_decoder.check_codebook(self.codebook.num_scales,
                                           self.codebook.tokens_per_scale)
         dec = self.pixel_decoder
         if (dec.in_channels, dec.feat_channels, dec.grid_size) != \
-                (hidden, mask_feat_dim, encoder.grid_size):
+                (hidden, mask_feat_dim, feat_encoder.grid_size):
             raise ValueError(
                 f'pixel decoder (in_channels={dec.in_channels}, feat_channels='
                 f'{dec.feat_channels}, grid_size={dec.grid_size}) does not match the model '
                 f'(LLM width {hidden}, decoder feature width {mask_feat_dim}, encoder grid '
-                f'{encoder.grid_size}); drop these keys from the decoder config to derive them')
+                f'{feat_encoder.grid_size}); drop these keys from the decoder config to derive '
+                'them')
         self.loss_lm = MODELS.build(loss_lm)
         self.loss_mask = MODELS.build(loss_mask)
         self.loss_dice = MODELS.build(loss_dice)
@@ -180,6 +194,17 @@ class PixelLM(BaseModel):
         self._warned_truncation = False
         self.sync_ranks = sync_ranks
         self._extend_vocabulary()
+
+    def _build_mask_encoder(self) -> Optional[nn.Module]:
+        """The encoder whose features the pixel decoder reads, if not the vision encoder.
+
+        Called in ``__init__`` before the module is set up (so it may only build, not assign
+        submodules). PixelLM's decoder reads the vision encoder's features: None. A subclass
+        returning an encoder gets it as ``self.mask_encoder``; the data preprocessor then pads
+        to its ``image_size``, the decoder's width, grid and input size come from it, and its
+        features reach the decoder without a projector.
+        """
+        return None
 
     @staticmethod
     def _build_aux_head(cfg: Dict, **derived):
@@ -246,15 +271,9 @@ class PixelLM(BaseModel):
     def encode_images(self, images: torch.Tensor, valid_hw: Sequence[Tuple[int, int]]):
         """Return ``(llm_tokens (B, g'², H), llm_token_mask (B, g'²), dec_feats [(B, g², C)])``."""
         feats = self.vision_encoder(images, valid_hw)
-        g = self.vision_encoder.grid_size
-        select = feats[0]
-        b, n, c = select.shape
-        grid = select.transpose(1, 2).reshape(b, c, g, g)
+        b = images.shape[0]
         k = self.llm_image_grid
-        if k != g:
-            grid = F.interpolate(grid.float(), (k, k), mode='bilinear',
-                                 align_corners=False).to(select.dtype)
-        llm_tokens = self.projector(grid.flatten(2).transpose(1, 2))
+        llm_tokens = self._llm_image_tokens(feats[0])
         if self.mask_padded_image_tokens:
             keep = self.vision_encoder.valid_patches(valid_hw, images.device)[:, None].float()
             token_mask = F.interpolate(keep, (k, k), mode='nearest').flatten(1).bool()
@@ -263,6 +282,17 @@ class PixelLM(BaseModel):
         projector = self.mask_projector if self.separate_mm_projector else self.projector
         decoder_feats = [projector(f) for f in feats]
         return llm_tokens, token_mask, decoder_feats
+
+    def _llm_image_tokens(self, select: torch.Tensor) -> torch.Tensor:
+        """Select-layer features ``(B, g², C)`` -> ``llm_image_grid``² projected LLM tokens."""
+        g = self.vision_encoder.grid_size
+        b, _, c = select.shape
+        grid = select.transpose(1, 2).reshape(b, c, g, g)
+        k = self.llm_image_grid
+        if k != g:
+            grid = F.interpolate(grid.float(), (k, k), mode='bilinear',
+                                 align_corners=False).to(select.dtype)
+        return self.projector(grid.flatten(2).transpose(1, 2))
 
     def _splice(self, ids: torch.Tensor, image_tokens: torch.Tensor, image_mask: torch.Tensor,
                 labels: Optional[torch.Tensor] = None):

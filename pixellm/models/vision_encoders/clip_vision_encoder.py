@@ -7,6 +7,7 @@ from mmengine.model import BaseModule
 from torch import nn
 
 from pixellm.registry import MODELS
+from .utils import check_config_matches, valid_patch_grid
 
 from .utils import valid_patch_grid
 
@@ -96,17 +97,7 @@ class CLIPVisionEncoder(BaseModule):
             # Loaded in the checkpoint's precision (float32 for OpenAI's CLIP) and cast after the
             # position table is resized, as the official code resizes before casting to bf16.
             model = CLIPVisionModel.from_pretrained(pretrained)
-            # A config given next to a checkpoint describes the tower the caller expects (the 7B
-            # recipe gives ViT-L/14-336's, the demo's stage 2 the tower stage 1 trained): it
-            # must agree, not be silently ignored.
-            differ = {k: (v, getattr(model.config, k, None))
-                      for k, v in (vision_config or {}).items()
-                      if getattr(model.config, k, None) != v}
-            if differ:
-                raise ValueError(
-                    f'the checkpoint {pretrained!r} does not match vision_config: ' + ', '.join(
-                        f'{k}={want!r} in the config but {got!r} in the checkpoint'
-                        for k, (want, got) in differ.items()))
+            check_config_matches(model.config, vision_config, pretrained)
         elif vision_config is not None:
             model = CLIPVisionModel(CLIPVisionConfig(**vision_config))
         else:

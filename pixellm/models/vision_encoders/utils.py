@@ -1,5 +1,5 @@
-"""Helpers shared by the vision encoders."""
-from typing import Sequence, Tuple
+"""What the vision encoders share: the grid of patches that hold image, the checkpoint-config check."""
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 
@@ -25,3 +25,32 @@ def valid_patch_grid(valid_hw: Sequence[Tuple[int, int]], grid_size: int, patch_
     for i, (h, w) in enumerate(valid_hw):
         keep[i, :max(1, -(-int(h) // patch_size)), :max(1, -(-int(w) // patch_size))] = True
     return keep
+
+
+def check_config_matches(config: Any, expected: Optional[Dict], pretrained: str) -> None:
+    """Raise if a checkpoint's config differs from the config a model config gives next to it.
+
+    A config given with a checkpoint describes the model the caller expects (the 7B recipe
+    gives the full-size shapes so that it also builds without weights): it must agree, not be
+    silently ignored.
+
+    Args:
+        config: The loaded checkpoint's transformers config.
+        expected (dict, optional): The fields the caller expects; None checks nothing.
+        pretrained (str): The checkpoint, for the message.
+
+    Raises:
+        ValueError: Naming every field that differs, with both values.
+    """
+    differ = {k: (v, getattr(config, k, None)) for k, v in (expected or {}).items()
+              if _normalise(getattr(config, k, None)) != _normalise(v)}
+    if differ:
+        raise ValueError(
+            f'the checkpoint {pretrained!r} does not match vision_config: ' + ', '.join(
+                f'{k}={want!r} in the config but {got!r} in the checkpoint'
+                for k, (want, got) in differ.items()))
+
+
+def _normalise(value: Any) -> Any:
+    # A config read from JSON has lists where a Python config wrote tuples.
+    return list(value) if isinstance(value, tuple) else value
