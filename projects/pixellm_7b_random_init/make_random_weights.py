@@ -82,10 +82,8 @@ def write_clip(vision_cfg, out: str, device: str) -> int:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    from mmengine.config import Config
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
+    from pixellm.utils.config import load_config
+    cfg = load_config(args.config, cfg_options=args.cfg_options)
     if osp.isdir(args.out) and os.listdir(args.out):
         raise SystemExit(f'error: {args.out} is not empty; choose another --out')
     for key, shape in (('llm', 'llm_config'), ('vision_encoder', 'vision_config')):
