@@ -15,86 +15,34 @@ the mismatched keys. The output loads with ``tools/test.py CONFIG DST``.
 Left out and set (printed at the end): the SAM point/box/mask prompt encoders (unused), the fusion
 weights (official constants), the LoRA adapters (zero update; the official LoRA is merged).
 """
-import argparse
-import os
 import os.path as osp
 import sys
-from collections import Counter
 
 # Run from a checkout without installing: the repository root holds the pixellm package.
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, REPO)
 
-import torch  # noqa: E402
-from mmengine.config import DictAction  # noqa: E402
-
-from pixellm.models.converters import (ConversionResult, convert_official_pixellm,  # noqa: E402
-                                       load_clip_vision_weights, load_hf_state_dict,
-                                       read_hf_config)
-from pixellm.models.export import CheckpointMismatchError  # noqa: E402
-from pixellm.models.meta_build import build_on_meta  # noqa: E402
-from pixellm.utils import load_config, register_all_modules  # noqa: E402
-from pixellm.utils.cli import add_debug_argument, cli_main  # noqa: E402
+from pixellm.models.converters import ConversionResult, convert_official_pixellm  # noqa: E402
+from pixellm.models.converters.cli import converter_parser, run_conversion  # noqa: E402
+from pixellm.utils.cli import cli_main  # noqa: E402
 
 TOOL = 'tools/model_converters/pixellm_hf_to_pixellm.py'
 DEFAULT_CONFIG = osp.join(REPO, 'configs', '_base_', 'models', 'pixellm_7b.py')
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    """Parse the command line.
-
-    Args:
-        argv (list[str], optional): Arguments; ``None`` reads ``sys.argv``.
-
-    Returns:
-        argparse.Namespace: The parsed arguments.
-    """
-    parser = argparse.ArgumentParser(description='Convert an official PixelLM hf_model folder '
-                                     'into a pixellm checkpoint')
-    parser.add_argument('src', help='official hf_model folder, or one weight file')
-    parser.add_argument('dst', help='output .pth file')
-    parser.add_argument('--config', default=DEFAULT_CONFIG,
-                        help='config whose model the checkpoint is converted for (default: '
-                        'PixelLM-7B; use configs/_base_/models/pixellm_13b.py for 13B)')
-    parser.add_argument('--clip', help='CLIP checkpoint folder or file (openai/'
-                        'clip-vit-large-patch14-336), needed when SRC has no CLIP weights')
+def parse_args(argv=None):
+    """Parse the command line (``argv=None`` reads ``sys.argv``)."""
+    parser = converter_parser(
+        'Convert an official PixelLM hf_model folder into a pixellm checkpoint',
+        src_help='official hf_model folder, or one weight file', default_config=DEFAULT_CONFIG,
+        config_help='config whose model the checkpoint is converted for (default: PixelLM-7B; '
+        'use configs/_base_/models/pixellm_13b.py for 13B)',
+        clip_help='CLIP checkpoint folder or file (openai/clip-vit-large-patch14-336), needed '
+        'when SRC has no CLIP weights')
     parser.add_argument('--pos-embed-layout', choices=['official', 'clip'], default='official',
                         help='how to resize a CLIP position table of another grid (default: as '
                         'the official code did when the checkpoint was trained)')
-    parser.add_argument('--lora-seed', type=int, default=0,
-                        help='seed of the lora_A initialisation (lora_B is zero)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
-                        help='override config entries')
-    add_debug_argument(parser)
     return parser.parse_args(argv)
-
-
-def _save(checkpoint: dict, dst: str) -> None:
-    """``torch.save`` under a temporary name, renamed when complete."""
-    os.makedirs(osp.dirname(osp.abspath(dst)), exist_ok=True)
-    tmp = f'{dst}.tmp-{os.getpid()}'
-    try:
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, dst)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
-
-
-def _print_report(result: ConversionResult, dst: str) -> None:
-    print(f'wrote {dst}: {len(result.state_dict)} tensors')
-    for note in result.notes:
-        print(f'  {note}')
-    reasons = Counter(result.dropped.values())
-    for reason, count in reasons.items():
-        keys = sorted(k for k, r in result.dropped.items() if r == reason)
-        print(f'  dropped {count} official weight(s), {reason}: {keys[:6]}'
-              f'{" ..." if count > 6 else ""}')
-    values = Counter(result.filled.values())
-    for value, count in values.items():
-        keys = sorted(k for k, v in result.filled.items() if v == value)
-        print(f'  set {count} weight(s) not in the checkpoint to {value}: {keys[:3]}'
-              f'{" ..." if count > 3 else ""}')
 
 
 @cli_main
@@ -108,29 +56,9 @@ def main(argv=None) -> ConversionResult:
         ConversionResult: The converted state dict and the report.
     """
     args = parse_args(argv)
-    if osp.abspath(args.dst) == osp.abspath(args.src):
-        raise SystemExit(f'{TOOL}: DST must differ from SRC')
-    cfg = load_config(args.config, cfg_options=args.cfg_options)
-    register_all_modules()
-    target = build_on_meta(cfg.model).state_dict()
-    hf_config = read_hf_config(args.src)
-    official = load_hf_state_dict(args.src)
-    clip = load_clip_vision_weights(args.clip) if args.clip else None
-    try:
-        result = convert_official_pixellm(official, target, clip=clip,
-                                          pos_embed_layout=args.pos_embed_layout,
-                                          lora_seed=args.lora_seed, source=args.src)
-    except CheckpointMismatchError as err:
-        raise SystemExit(f'{TOOL}: {err}\n(model of {args.config})') from err
-    tower = hf_config.get('mm_vision_tower') or hf_config.get('vision_tower')
-    meta = dict(converted_from=osp.abspath(args.src), config=args.config,
-                clip=args.clip and osp.abspath(args.clip), official_vision_tower=tower,
-                dropped=sorted(result.dropped), filled=dict(result.filled))
-    _save(dict(state_dict=result.state_dict, meta=meta), args.dst)
-    if tower:
-        print(f'the checkpoint was trained with the vision tower {tower!r}')
-    _print_report(result, args.dst)
-    return result
+    return run_conversion(args, TOOL, lambda official, target, clip, a: convert_official_pixellm(
+        official, target, clip=clip, pos_embed_layout=a.pos_embed_layout,
+        lora_seed=a.lora_seed, source=a.src))
 
 
 if __name__ == '__main__':
