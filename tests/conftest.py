@@ -99,6 +99,16 @@ def fit_loss_term(model, data, key, params, steps=30, lr=3e-3):
     return first, value.item()
 
 
+def run_python(*args, timeout=300):
+    """Run ``python *args`` from the repository root; fail with its output's tail unless it exits
+    0; return stdout and stderr."""
+    import subprocess
+    proc = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
 def load_tool(name):
     """``tools/<name>.py`` as a module, to call its ``main(argv)`` in-process."""
     spec = importlib.util.spec_from_file_location(f'pixellm_tools_{name}',

@@ -1,18 +1,15 @@
 """The timm-encoder ablation through tools/train.py and tools/test.py: it trains the SigLIP tower
 with the rest of PixelLM, and its checkpoint evaluates."""
 import math
-import os.path as osp
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
+from conftest import run_python
 
 from projects.pixellm_tiny_demo.pixellm_tiny_demo import generate_muse_scenes
 from pixellm.engine import load_checkpoint_safely
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CONFIG = 'projects/pixellm_ablations/configs/timm_siglip_encoder.py'
 TOWER = 'vision_encoder.vision_model.'
 
@@ -24,20 +21,13 @@ def data_root(tmp_path_factory):
     return str(root)
 
 
-def run(*args):
-    proc = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout + proc.stderr
-
-
 def test_timm_ablation_trains_the_tower_and_its_checkpoint_evaluates(data_root, tmp_path):
     work = tmp_path / 'work'
     options = ['--cfg-options', f'train_dataloader.dataset.data_root={data_root}',
                f'test_dataloader.dataset.data_root={data_root}', 'train_dataloader.batch_size=2',
                'test_dataloader.num_workers=0', 'test_dataloader.batch_size=4',
                'model.max_new_tokens=24']
-    log = run('tools/train.py', CONFIG, '--work-dir', str(work), *options,
+    log = run_python('tools/train.py', CONFIG, '--work-dir', str(work), *options,
               'train_cfg.max_iters=2', 'default_hooks.checkpoint.interval=1',
               'default_hooks.logger.interval=1')
     losses = [float(m) for m in re.findall(r'\bloss: ([0-9.]+)', log)]
@@ -53,7 +43,7 @@ def test_timm_ablation_trains_the_tower_and_its_checkpoint_evaluates(data_root, 
     # frozen=False reached the model: every weight of the tower moved between the checkpoints.
     unmoved = [k for k in tower if torch.equal(early[k], late[k])]
     assert not unmoved, unmoved
-    printed = run('tools/test.py', CONFIG, str(work / 'iter_2.pth'), '--work-dir', str(work),
+    printed = run_python('tools/test.py', CONFIG, str(work / 'iter_2.pth'), '--work-dir', str(work),
                   *options)
     assert re.search(r'^gIoU: [0-9.]+$', printed, re.M), printed[-2000:]
     assert re.search(r'^cIoU: [0-9.]+$', printed, re.M), printed[-2000:]

@@ -1,18 +1,15 @@
 """The tiny LISA of the demo through tools/train.py and tools/test.py: every part but SAM's prompt
 encoder trains, and the checkpoint is scored by the demo's two gIoU/cIoU protocols."""
 import math
-import os.path as osp
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
+from conftest import run_python
 
 from pixellm.engine import load_checkpoint_safely
 from projects.pixellm_tiny_demo.pixellm_tiny_demo import generate_muse_scenes
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 CONFIG = 'projects/pixellm_tiny_demo/configs/lisa_tiny_demo.py'
 
 
@@ -23,20 +20,13 @@ def data_root(tmp_path_factory):
     return str(root)
 
 
-def run(*args):
-    proc = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout + proc.stderr
-
-
 def test_tiny_lisa_trains_every_part_and_its_checkpoint_evaluates(data_root, tmp_path):
     work = tmp_path / 'work'
     options = ['--cfg-options', f'train_dataloader.dataset.data_root={data_root}',
                f'test_dataloader.dataset.data_root={data_root}', 'train_dataloader.batch_size=2',
                'test_dataloader.num_workers=0', 'test_dataloader.batch_size=4',
                'model.max_new_tokens=16']
-    log = run('tools/train.py', CONFIG, '--work-dir', str(work), *options,
+    log = run_python('tools/train.py', CONFIG, '--work-dir', str(work), *options,
               'train_cfg.max_iters=2', 'default_hooks.checkpoint.interval=1',
               'default_hooks.logger.interval=1')
     losses = re.findall(r'loss_ce: ([0-9.]+)\s+loss_mask_bce: ([0-9.]+)\s+loss_mask_dice: '
@@ -52,7 +42,7 @@ def test_tiny_lisa_trains_every_part_and_its_checkpoint_evaluates(data_root, tmp
     assert prompt and all(torch.equal(early[k], late[k]) for k in prompt)
     sam = [k for k in late if k.startswith('mask_encoder.image_encoder.layers.')]
     assert sam and not [k for k in sam if 'rel_pos' not in k and torch.equal(early[k], late[k])]
-    printed = run('tools/test.py', CONFIG, str(work / 'iter_2.pth'), '--work-dir', str(work),
+    printed = run_python('tools/test.py', CONFIG, str(work / 'iter_2.pth'), '--work-dir', str(work),
                   *options)
     for key in ('gIoU', 'cIoU', 'muse_protocol/gIoU', 'muse_protocol/cIoU'):
         assert re.search(rf'^{re.escape(key)}: [0-9.]+$', printed, re.M), printed[-2000:]
