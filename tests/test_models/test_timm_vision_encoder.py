@@ -303,3 +303,24 @@ def test_export_rebuilds_the_timm_tower_without_its_weight_source(tmp_path):
     state = model.vision_encoder.state_dict()
     for key, value in reloaded.vision_encoder.state_dict().items():
         assert torch.equal(value, state[key]), key
+
+
+@pytest.mark.parametrize('name', sorted(ARCHS))
+def test_flop_formula_matches_flop_counter(name):
+    """The benchmark's count of a timm ViT (patch embedding, every held block's linears and
+    attention over patches and prefix tokens) equals torch's FlopCounterMode, frozen (forward
+    only) and trained (forward and backward)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from pixellm.analysis.flops import component_flops
+    for frozen in (True, False):
+        enc = tiny(name, select_layers=(-2, -4), frozen=frozen).train()
+        size = enc.image_size
+        images = torch.randn(2, 3, size, size)
+        with sdpa_kernel([SDPBackend.MATH]), FlopCounterMode(display=False) as counter:
+            feats = enc(images, [(size, size), (size - 20, size)])
+            if not frozen:
+                sum(f.sum() for f in feats).backward()
+        analytic = component_flops(enc, 'vision_encoder', 2, training=not frozen)
+        assert counter.get_total_flops() == pytest.approx(sum(analytic.values()), rel=1e-6)

@@ -8,11 +8,13 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from pixellm.analysis import flops
 from pixellm.models.meta_build import build_on_meta, build_random_init, count_parameters
 from pixellm.utils import load_config
 from conftest import REPO, TINY_MODEL_CFG, load_tool, tiny_model_cfg
 
 DEMO_CFG = osp.join(REPO, 'projects/pixellm_tiny_demo/configs/pixellm_tiny_demo.py')
+LISA_TINY_CFG = osp.join(REPO, 'configs', '_base_', 'models', 'lisa_tiny.py')
 MODEL_7B_CFG = osp.join(REPO, 'configs', '_base_', 'models', 'pixellm_7b.py')
 # The analytic count and FlopCounterMode agree exactly on these models (same matmuls, convs and
 # attention products); the tolerance only absorbs float rounding of the large sums.
@@ -58,8 +60,8 @@ def _counted(fn):
     return counter.get_total_flops()
 
 
-@pytest.mark.parametrize('cfg_path', [TINY_MODEL_CFG, DEMO_CFG],
-                         ids=['frozen_clip_lora', 'all_trained'])
+@pytest.mark.parametrize('cfg_path', [TINY_MODEL_CFG, DEMO_CFG, LISA_TINY_CFG],
+                         ids=['frozen_clip_lora', 'all_trained', 'lisa'])
 def test_analytic_flops_match_flop_counter(bench, cfg_path):
     model = build_random_init(load_config(cfg_path).model)
     batch, seq_len, targets = 2, 160, 2  # the demo LLM sees 64 image tokens
@@ -75,10 +77,10 @@ def test_analytic_flops_match_flop_counter(bench, cfg_path):
         loss, _ = model.parse_losses(model(**data, mode='loss'))
         loss.backward()
 
-    analytic = bench.forward_flops(model, batch, seq_len, targets * batch)
+    analytic = flops.forward_flops(model, batch, seq_len, targets * batch)
     assert analytic['decoder_transformer'] > 0
     assert _counted(forward) == pytest.approx(sum(analytic.values()), rel=REL_TOL)
-    analytic = bench.train_step_flops(model, batch, seq_len, targets * batch)
+    analytic = flops.train_step_flops(model, batch, seq_len, targets * batch)
     assert _counted(train) == pytest.approx(sum(analytic.values()), rel=REL_TOL)
 
     model.eval()
@@ -98,8 +100,137 @@ def test_analytic_flops_match_flop_counter(bench, cfg_path):
     prompt_len = len(samples[0].prompt_ids) - 1 + model.llm_image_grid ** 2
     steer.remove()
     assert found['masks'] == 1  # the steered answer names one target: the decoder runs
-    analytic = bench.generate_flops(model, prompt_len, new_tokens, found['masks'])
+    analytic = flops.generate_flops(model, prompt_len, new_tokens, found['masks'])
     assert counted == pytest.approx(sum(analytic.values()), rel=REL_TOL)
+
+
+LISA_7B_CFG = osp.join(REPO, 'configs', '_base_', 'models', 'lisa_7b.py')
+
+
+@pytest.mark.parametrize('train_mask_decoder', [True, False], ids=['lisa', 'frozen_decoder'])
+def test_full_size_lisa_parts_match_flop_counter_on_meta(train_mask_decoder):
+    """At LISA-7B's shapes, on the meta device (shapes only): SAM ViT-H on the 1024 input (its
+    64x64 grid padded to 70x70 for the 14-wide windows), the CLIP towers at 224 and PixelLM's
+    448, and LISA's mask decoder trained on two images of 3 and 2 targets."""
+    cfg = load_config(LISA_7B_CFG).model
+    cfg.pixel_decoder.train_mask_decoder = train_mask_decoder
+    lisa = build_on_meta(cfg)
+    pixellm = build_on_meta(load_config(MODEL_7B_CFG).model)
+    for model, role in ((lisa, 'mask_encoder'), (lisa, 'vision_encoder'),
+                        (pixellm, 'vision_encoder')):
+        enc = getattr(model, role)
+        size = enc.image_size
+        images = torch.empty(2, 3, size, size, device='meta')
+
+        def encode():
+            with torch.no_grad():
+                enc(images, [(size, size)] * 2)
+
+        analytic = flops.component_flops(enc, role, 2)
+        assert _counted(encode) == pytest.approx(sum(analytic.values()), rel=REL_TOL), role
+    dec = lisa.pixel_decoder
+    feats = [torch.empty(2, dec.grid_size ** 2, dec.feat_channels, device='meta')]
+    states = [torch.empty(n, 1, 1, dec.in_channels, device='meta', requires_grad=True)
+              for n in (3, 2)]
+
+    def train():
+        sum(m.sum() for m in dec(states, feats)).backward()
+
+    analytic = flops.pixel_decoder_flops(lisa, 5, 2, training=True)
+    assert analytic['decoder_iou_head'] > 0
+    assert _counted(train) == pytest.approx(sum(analytic.values()), rel=REL_TOL)
+
+
+def test_flops_only_counts_the_recipe_on_meta(bench):
+    """--flops-only builds the LISA-7B recipe on the meta device and gives the counts of the
+    steps the benchmark would time, at the recipe's shapes."""
+    recipe = osp.join(REPO, 'configs', 'lisa', 'lisa_7b_lora_8xb2_ga10_5k_mix.py')
+    result = bench.main([recipe, '--flops-only', '--targets', '3', '--new-tokens', '38'])
+    model = build_on_meta(load_config(recipe).model)
+    train, infer = result['runs']
+    assert result['device'] == 'meta'
+    assert result['params_total'] == count_parameters(model)[0]
+    assert (train['batch_size'], train['seq_len']) == (2, 512)  # the recipe's batch, max length
+    assert train['flops_breakdown'] == flops.train_step_flops(model, 2, 512, 6)
+    assert infer['predicted_masks'] == 3 and infer['new_tokens'] == 38
+    assert infer['flops_breakdown'] == flops.generate_flops(model, infer['prompt_len'], 38, 3)
+    assert infer['flops_breakdown']['mask_encoder_matmul'] > 0
+
+
+def test_pixellm_against_lisa_table_is_what_the_tool_counts(bench):
+    """docs/benchmark.md's PixelLM-against-LISA totals are the tool's --flops-only output for the
+    four recipes, with the command the doc gives."""
+    doc = open(osp.join(REPO, 'docs', 'benchmark.md')).read()
+    section = doc.split('## PixelLM against LISA')[1].split('\n## ')[0]
+    recipes = {'PixelLM-7B': 'pixellm/pixellm_7b_lora_8xb2_ga10_5k_mix.py',
+               'LISA-7B': 'lisa/lisa_7b_lora_8xb2_ga10_5k_mix.py',
+               'PixelLM-13B': 'pixellm/pixellm_13b_lora_8xb2_ga10_5k_mix.py',
+               'LISA-13B': 'lisa/lisa_13b_lora_8xb2_ga10_5k_mix.py'}
+    rows = {line.split('|')[1].split('(')[0].strip(): line for line in section.splitlines()
+            if line.startswith('| ') and '**' in line and not line.startswith('| model')}
+    assert set(rows) == set(recipes)
+    for name, recipe in recipes.items():
+        assert f'configs/{recipe}' in section
+        result = bench.main([osp.join(REPO, 'configs', recipe), '--flops-only', '--targets', '3',
+                             '--new-tokens', '38'])
+        totals = [f'**{r["flops_per_step"] / 1e12:.2f}**' for r in result['runs']]
+        cells = [c.strip() for c in rows[name].split('|') if c.strip().startswith('**')]
+        assert cells == totals, name
+
+
+def test_data_batches_count_the_config_data(bench, tmp_path):
+    """--data-batches counts each training batch of the config's loader as FlopCounterMode
+    counts the model's real training step on that batch (padding and targets included)."""
+    from mmengine.runner import Runner, set_random_seed
+
+    from projects.pixellm_tiny_demo.pixellm_tiny_demo import generate_muse_scenes
+    data_root = str(tmp_path / 'data')
+    generate_muse_scenes(data_root, num_train=4, num_val=1, seed=3, max_size=160)
+    config = osp.join(REPO, 'projects', 'pixellm_tiny_demo', 'configs', 'lisa_tiny_demo.py')
+    options = [f'train_dataloader.dataset.data_root={data_root}', 'train_dataloader.batch_size=2']
+    result = bench.main([config, '--flops-only', '--mode', 'train', '--data-batches', '2',
+                         '--cfg-options', *options])
+    run = result['runs'][0]
+    assert run['batches'] == 2 and run['batch_size'] == 2
+
+    cfg = load_config(config, cfg_options=dict(o.split('=', 1) for o in options))
+    cfg.train_dataloader.batch_size = 2
+    model = build_random_init(cfg.model)
+    model.train()
+    set_random_seed(cfg.randomness.seed)  # the pipeline's draws, as the tool seeds them
+    loader = Runner.build_dataloader(cfg.train_dataloader, seed=cfg.randomness.seed)
+    counted = []
+    for _, data in zip(range(2), loader):
+        data = model.data_preprocessor(data, True)
+
+        def train():
+            loss, _ = model.parse_losses(model(**data, mode='loss'))
+            loss.backward()
+
+        counted.append(_counted(train))
+    assert run['flops_per_step'] == pytest.approx(sum(counted) / 2, rel=REL_TOL)
+    assert counted[0] != counted[1]  # the two batches differ, so the mean is of both
+
+
+def test_a_component_without_a_formula_is_refused():
+    """A component of a class with no FLOP formula stops the count, naming the component."""
+    model = build_on_meta(tiny_model_cfg())
+
+    class OwnDecoder(torch.nn.Module):
+        pass
+
+    model.pixel_decoder = OwnDecoder()
+    with pytest.raises(ValueError, match='no FLOP formula for the pixel_decoder OwnDecoder'):
+        flops.forward_flops(model, 1, 64, 1)
+
+    @flops.flop_formula(OwnDecoder)
+    def own(dec, num_targets, batch, training=False, feats_grad=True):
+        return dict(decoder_own=7.0 * num_targets)
+
+    try:
+        assert flops.forward_flops(model, 1, 64, 2)['decoder_own'] == 14.0
+    finally:
+        flops._FORMULAS.pop(OwnDecoder)
 
 
 def test_training_multipliers_follow_what_trains(bench):
@@ -107,13 +238,13 @@ def test_training_multipliers_follow_what_trains(bench):
     frozen = build_on_meta(tiny_model_cfg())
     trained = build_on_meta(load_config(DEMO_CFG).model.to_dict())
     for model, enc_mult, llm_mult in ((frozen, 1, 2), (trained, 3, 3)):
-        fwd = bench.forward_flops(model, 1, 64, 1)
-        bwd = bench.train_step_flops(model, 1, 64, 1)
+        fwd = flops.forward_flops(model, 1, 64, 1)
+        bwd = flops.train_step_flops(model, 1, 64, 1)
         assert bwd['encoder_matmul'] == enc_mult * fwd['encoder_matmul']
         assert bwd['llm_matmul'] == llm_mult * fwd['llm_matmul']
         assert bwd['llm_attention'] == 3 * fwd['llm_attention']
         assert bwd['decoder_transformer'] == 3 * fwd['decoder_transformer']
-    assert bench.train_step_flops(frozen, 1, 64, 1)['llm_lora'] > 0
+    assert flops.train_step_flops(frozen, 1, 64, 1)['llm_lora'] > 0
 
 
 def test_7b_flops_per_token_equal_hand_formula(bench):
@@ -128,7 +259,7 @@ def test_7b_flops_per_token_equal_hand_formula(bench):
     matmul_params = layers * per_layer + d * vocab
     for seq_len in (1, 512, 2048):
         hand = 2 * matmul_params + 4 * layers * seq_len * d
-        assert bench.llm_flops_per_token(model, seq_len) == pytest.approx(hand, rel=1e-12)
+        assert flops.llm_flops_per_token(model, seq_len) == pytest.approx(hand, rel=1e-12)
 
 
 def test_7b_synthetic_batch_fills_the_token_budget(bench):
@@ -208,8 +339,8 @@ def test_profile_writes_operator_tables_and_part_times(bench, tmp_path):
 def test_an_llm_block_of_another_shape_is_refused(bench):
     """The FLOP formulas are LLaMA's; a block with other linears stops the count."""
     with_lora = build_on_meta(tiny_model_cfg())  # LoRA wrappers are looked through
-    bench.llm_flops(with_lora, 8, 8)
+    flops.llm_flops(with_lora, 8, 8)
     mlp = with_lora.llm.hf_model.get_decoder().layers[0].mlp
     mlp.gate_proj = torch.nn.Linear(mlp.gate_proj.in_features, 7, device='meta')
     with pytest.raises(ValueError, match="'gate_proj': \\(128, 7\\)"):
-        bench.llm_flops(with_lora, 8, 8)
+        flops.llm_flops(with_lora, 8, 8)

@@ -1,35 +1,13 @@
-"""Benchmark a config's PixelLM at full size with random weights: training and inference speed,
-peak memory and MFU against a measured matmul peak.
+"""Benchmark a config's model (PixelLM, LISA) at full size with random weights: training and
+inference speed, peak memory and MFU against a measured matmul peak; or, with ``--flops-only``,
+the FLOPs of both steps counted on the meta device.
 
 Usage:
     python tools/analysis/benchmark.py projects/pixellm_tiny_demo/configs/pixellm_tiny_demo.py --device cpu \\
         --dtype fp32 --steps 3 --out work_dirs/benchmark_tiny.json
 
-FLOP convention (model FLOPs, counted analytically; a multiply-add is 2 FLOPs):
-
-* A matmul ``(m, k) @ (k, n)`` costs ``2 m k n``; a convolution ``2 * out_positions * C_in *
-  C_out * k_h * k_w`` (a transposed one counts its input positions); scaled-dot-product attention
-  over ``q`` queries and ``c`` keys of total width ``d`` costs ``4 q c d`` (``QK^T`` and ``AV``).
-  Causal masking is not discounted (kernels and ``FlopCounterMode`` count the full square).
-  Norms, activations, softmax, losses, interpolation and the optimizer are not counted.
-* LLM forward over ``T`` tokens with ``K`` cached ones: ``2 * P_mm * T`` (``P_mm``: the weights of
-  every matmul — q/k/v/o, gate/up/down, LoRA A and B, the LM head including the added rows; the
-  embedding lookup is no matmul) plus ``4 * T * (T + K) * H * d_head`` per layer.
-* CLIP: patch embedding ``2 * P * 3 p^2 * C``, then per run layer (layers past the deepest
-  selected one are skipped) ``2 * N * (4 C^2 + 2 C F) + 4 N^2 C`` over ``N = P + 1`` tokens.
-* Projectors: ``2 * tokens * (C_in h + h C_out)`` — the LLM projector on ``llm_image_grid^2``
-  tokens, the mask projector on every scale's ``grid^2`` tokens.
-* Pixel decoder, per target (the image neck per image and scale): ``text_hidden_fcs``, token
-  fusion, the two-way transformer of each scale (token self-attention, token->image and
-  image->token cross attention at half width, MLP, final token->image attention), the 2x upsampling
-  transposed conv (scales > 0), the output upscaling transposed conv, the hypernetwork MLP, the
-  mask product, and the Fourier positional-encoding matmul.
-* Training multiplies each matmul by 3 when its weight is trained (forward, input gradient,
-  weight gradient), by 2 when the weight is frozen but its input needs a gradient (LoRA's frozen
-  base weights: backward still computes the input gradient), and by 1 when neither (a frozen CLIP
-  tower with nothing trainable before it). Attention products count 3x wherever their inputs
-  need gradients. Gradient-checkpointing recomputation is NOT counted (MFU uses model FLOPs, as
-  in PaLM), so hardware utilisation with checkpointing is ~1/3 higher for the LLM part.
+FLOPs are model FLOPs counted analytically from the built model's shapes by
+:mod:`pixellm.analysis.flops` (its docstring gives the convention; docs/benchmark.md the formulas).
 
 MFU = model FLOPs per second / the peak measured here with one large matmul (bf16 on CUDA,
 the ``--dtype`` on CPU), not a datasheet figure.
@@ -45,7 +23,7 @@ import statistics
 import sys
 import time
 from collections import OrderedDict
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence
 
 import torch
 
@@ -53,273 +31,9 @@ REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
+from pixellm.analysis.flops import generate_flops, train_step_flops  # noqa: E402
+
 QUESTION = 'Please segment every object the question asks about.'
-
-
-# ----------------------------------------------------------------------------- analytic FLOPs
-def _trainable(module: torch.nn.Module) -> bool:
-    return any(p.requires_grad for p in module.parameters())
-
-
-def _mult(training: bool, weight_trained: bool, input_grad: bool) -> int:
-    """Forward/backward multiplier of one matmul (see the module docstring)."""
-    if not training:
-        return 1
-    return 1 + int(input_grad) + int(weight_trained)
-
-
-def llm_shapes(model) -> Dict:
-    """The LLM's matmul shapes, read from its Hugging Face config and the added rows.
-
-    Args:
-        model: A built PixelLM (any device, ``meta`` included).
-
-    Returns:
-        dict: ``layers``, ``hidden``, ``ffn``, ``heads``, ``kv_heads``, ``head_dim``, ``vocab``
-        (base plus added rows), ``lora_r`` (0 without LoRA) and ``lora_targets``.
-    """
-    cfg = model.llm.hf_model.config
-    heads = cfg.num_attention_heads
-    lora = model.llm.lora_cfg or {}
-    return dict(layers=cfg.num_hidden_layers, hidden=cfg.hidden_size,
-                ffn=cfg.intermediate_size, heads=heads,
-                kv_heads=getattr(cfg, 'num_key_value_heads', None) or heads,
-                head_dim=getattr(cfg, 'head_dim', None) or cfg.hidden_size // heads,
-                vocab=model.llm.vocab_size, base_vocab=model.llm.base_vocab_size,
-                lora_r=int(lora.get('r', 0)), lora_targets=list(lora.get('target_modules', [])))
-
-
-def llm_linear_shapes(s: Dict) -> Dict[str, Tuple[int, int]]:
-    """``(in, out)`` of each per-layer linear of a LLaMA block."""
-    d, hd = s['hidden'], s['head_dim']
-    return OrderedDict(q_proj=(d, s['heads'] * hd), k_proj=(d, s['kv_heads'] * hd),
-                       v_proj=(d, s['kv_heads'] * hd), o_proj=(s['heads'] * hd, d),
-                       gate_proj=(d, s['ffn']), up_proj=(d, s['ffn']), down_proj=(s['ffn'], d))
-
-
-def check_llm_block(model, s: Dict) -> None:
-    """Check that the LLM's decoder blocks are LLaMA-shaped, as the FLOP formulas assume.
-
-    The formulas count the seven linears of :func:`llm_linear_shapes` per block (LLaMA, Mistral,
-    Qwen2 and Qwen3 blocks have them). The linears of the first decoder block of the built model
-    (LoRA wrappers looked through) must be exactly those, with those shapes.
-
-    Raises:
-        ValueError: The block has other linears or shapes; the message lists both.
-    """
-    layers = model.llm.hf_model.get_decoder().layers
-    found = {}
-    for name, module in layers[0].named_modules():
-        parts = name.split('.')
-        # peft's adapter layers (any adapter name) sit under lora_A / lora_B; the wrapped
-        # linear is the wrapper's base_layer.
-        if isinstance(module, torch.nn.Linear) and not {
-                'lora_A', 'lora_B', 'lora_embedding_A', 'lora_embedding_B'} & set(parts):
-            key = parts[-2] if parts[-1] == 'base_layer' else parts[-1]
-            found[key] = (module.in_features, module.out_features)
-    want = dict(llm_linear_shapes(s))
-    if found != want:
-        raise ValueError(f'the benchmark counts LLaMA-shaped decoder blocks {want}, but this '
-                         f'LLM\'s block has {found}; its FLOP formulas do not apply')
-
-
-def llm_flops(model, tokens: int, context: int, batch: int = 1, training: bool = False,
-              base_trained: Optional[bool] = None,
-              head_tokens: Optional[int] = None) -> Dict[str, float]:
-    """LLM FLOPs of one forward (or fwd+bwd) over ``tokens`` new tokens per sequence.
-
-    Args:
-        model: A built PixelLM (any device, ``meta`` included).
-        tokens (int): Tokens processed per sequence.
-        context (int): Keys each token attends to at most (``tokens`` without a KV cache;
-            ``cache + tokens`` with one). Attention counts ``tokens * context`` (full square).
-        batch (int): Sequences. Defaults to 1.
-        training (bool): Count backward too. Defaults to False.
-        base_trained (bool, optional): Whether the base weights train; None reads the model.
-        head_tokens (int, optional): Positions per sequence the LM head runs on (generation's
-            prefill needs the last one only). None: every token.
-
-    Returns:
-        dict: ``llm_matmul``, ``llm_lora``, ``llm_head`` and ``llm_attention`` FLOPs.
-    """
-    s = llm_shapes(model)
-    check_llm_block(model, s)
-    if base_trained is None:
-        base_trained = any(p.requires_grad for n, p in model.llm.hf_model.named_parameters()
-                           if 'lora_' not in n)
-    # The projector and the added rows train, so every LLM activation needs an input gradient.
-    base = _mult(training, base_trained, True)
-    lora_m = _mult(training, True, True)
-    n = batch * tokens
-    per_layer = sum(i * o for i, o in llm_linear_shapes(s).values())
-    lora = sum(s['lora_r'] * (i + o) for name, (i, o) in llm_linear_shapes(s).items()
-               if name in s['lora_targets'])
-    head_base = s['hidden'] * s['base_vocab']
-    head_new = s['hidden'] * (s['vocab'] - s['base_vocab'])
-    head_trained = model.llm.hf_model.get_output_embeddings().weight.requires_grad
-    return dict(
-        llm_matmul=2.0 * n * s['layers'] * per_layer * base,
-        llm_lora=2.0 * n * s['layers'] * lora * lora_m,
-        llm_head=2.0 * batch * (tokens if head_tokens is None else head_tokens) * (head_base * _mult(training, head_trained, True)
-                            + head_new * _mult(training, True, True)),
-        # Both operands of QK^T and AV need gradients: backward is two products per product.
-        llm_attention=4.0 * batch * tokens * context * s['heads'] * s['head_dim']
-        * s['layers'] * _mult(training, True, True))
-
-
-def llm_flops_per_token(model, seq_len: int) -> float:
-    """Forward FLOPs per token of an ``seq_len``-token sequence: ``2 P_mm + 4 L T H d_head``."""
-    return sum(llm_flops(model, seq_len, seq_len).values()) / seq_len
-
-
-def encoder_flops(model, batch: int, training: bool = False) -> Dict[str, float]:
-    """CLIP vision tower FLOPs (patch embedding and the run layers) for ``batch`` images."""
-    enc = model.vision_encoder
-    cfg = enc.config
-    c, f, p = cfg.hidden_size, cfg.intermediate_size, enc.patch_size
-    patches = enc.grid_size ** 2
-    n = patches + 1
-    num_layers = cfg.num_hidden_layers
-    run = max(i % (num_layers + 1) for i in enc.select_layers)
-    trained = _trainable(enc)
-    # The images need no gradient: the patch embedding never computes an input gradient.
-    patch = 2.0 * batch * patches * 3 * p * p * c * _mult(training, trained, False)
-    m = _mult(training, trained, trained)
-    layers = 2.0 * batch * n * (4 * c * c + 2 * c * f) * run * m
-    attn = 4.0 * batch * n * n * c * run * m
-    return dict(encoder_patch=patch, encoder_matmul=layers, encoder_attention=attn)
-
-
-def _projector_flops(proj, tokens: int, training: bool, input_grad: bool) -> float:
-    total, needs = 0.0, input_grad
-    for layer in proj.layers:
-        if isinstance(layer, torch.nn.Linear):
-            w = layer.weight.requires_grad
-            total += 2.0 * tokens * layer.in_features * layer.out_features * \
-                _mult(training, w, needs)
-            needs = needs or w
-    return total
-
-
-def projector_flops(model, batch: int, training: bool = False) -> Dict[str, float]:
-    """FLOPs of the LLM projector and the mask projector for ``batch`` images."""
-    enc = model.vision_encoder
-    feats_grad = _trainable(enc)
-    k = model.llm_image_grid
-    out = dict(projector=_projector_flops(model.projector, batch * k * k, training, feats_grad))
-    mask_proj = model.mask_projector if model.separate_mm_projector else model.projector
-    out['mask_projector'] = _projector_flops(mask_proj, batch * enc.grid_size ** 2 *
-                                             enc.num_scales, training, feats_grad)
-    return out
-
-
-def _attention(dim: int, inner: int, q: int, kv: int) -> Tuple[float, float]:
-    """(projection, product) FLOPs of one decoder ``Attention`` with q queries and kv keys."""
-    proj = 2.0 * (q * dim * inner + 2 * kv * dim * inner + q * inner * dim)
-    return proj, 4.0 * q * kv * inner
-
-
-def pixel_decoder_flops(model, num_targets: int, batch: int,
-                        training: bool = False) -> Dict[str, float]:
-    """Pixel-decoder FLOPs for ``num_targets`` targets over ``batch`` images.
-
-    The image neck runs once per image and scale; everything else once per target and scale.
-    """
-    dec = model.pixel_decoder
-    if num_targets == 0:
-        return dict(decoder_prompt=0.0, decoder_neck=0.0, decoder_transformer=0.0,
-                    decoder_upscale=0.0, decoder_pe=0.0)
-    m = _mult(training, True, True)
-    c_in, e, g = dec.in_channels, dec.embed_dim, dec.grid_size
-    s, t = dec.num_scales, dec.tokens_per_scale
-    tr = dec.transformers[0]
-    depth = len(tr.layers)
-    mlp_dim = tr.layers[0].mlp[0].out_features
-    inner = tr.final_attn_token_to_image.q_proj.out_features
-    nq = 1 + dec.num_mask_tokens + 1  # IoU token, mask tokens, the prompt
-    prompt = 2.0 * num_targets * s * t * (c_in * c_in + c_in * e + e)
-    neck = 2.0 * batch * s * g * g * (dec.feat_channels * e + 9 * e * e)
-    trans = up = pe = 0.0
-    for level in range(s):
-        hw = g * g if level == 0 else (2 * g) ** 2
-        if level:
-            up += 2.0 * g * g * e * e * 4  # upsample_2x: ConvTranspose2d(e, e, 2, 2)
-        pe += 2.0 * hw * 2 * (e // 2)  # PE matmul, computed once per level, no gradient
-        per = 0.0
-        for _ in range(depth):
-            sp, sa = _attention(e, e, nq, nq)
-            tp, ta = _attention(e, inner, nq, hw)
-            ip, ia = _attention(e, inner, hw, nq)
-            per += sp + sa + tp + ta + ip + ia + 2.0 * 2 * nq * e * mlp_dim
-        fp, fa = _attention(e, inner, nq, hw)
-        trans += per + fp + fa
-        up += 2.0 * hw * e * (e // 8) * 4          # output_upscaling ConvTranspose2d(e, e/8, 2, 2)
-        up += 2.0 * (e * e + e * e + e * (e // 8))  # hypernetwork MLP on the first mask token
-        up += 2.0 * (e // 8) * 4 * hw               # hyper . upscaled features
-    return dict(decoder_prompt=prompt * m, decoder_neck=neck * m,
-                decoder_transformer=trans * num_targets * m,
-                decoder_upscale=up * num_targets * m, decoder_pe=pe)
-
-
-def aux_head_flops(model, batch: int, num_targets: int) -> Dict[str, float]:
-    """FLOPs of the auxiliary heads (``PixelLM.aux_heads``) in one training step, from each head's
-    ``step_flops(batch, num_targets, image_tokens, codebook_tokens)`` (forward and backward; the
-    states they read take a gradient). ``predict`` never runs them.
-
-    Raises:
-        ValueError: A head has no ``step_flops``, so the step's count would be incomplete.
-    """
-    out = OrderedDict()
-    for i, head in enumerate(getattr(model, 'aux_heads', ())):
-        if not hasattr(head, 'step_flops'):
-            raise ValueError(f'aux_heads[{i}] ({type(head).__name__}) has no step_flops(batch, '
-                             'num_targets, image_tokens, codebook_tokens); the benchmark cannot '
-                             'count its FLOPs')
-        codebook = model.codebook.num_scales * model.codebook.tokens_per_scale
-        flops = head.step_flops(batch, num_targets, model.llm_image_grid ** 2, codebook)
-        for name, value in flops.items():
-            out[name] = out.get(name, 0.0) + value
-    return out
-
-
-def train_step_flops(model, batch: int, seq_len: int, num_targets: int) -> Dict[str, float]:
-    """Analytic FLOPs of one training step (fwd+bwd) on ``batch`` sequences of ``seq_len``
-    tokens (image tokens included) with ``num_targets`` targets in all."""
-    out = OrderedDict()
-    out.update(encoder_flops(model, batch, True))
-    out.update(projector_flops(model, batch, True))
-    out.update(llm_flops(model, seq_len, seq_len, batch, True))
-    out.update(pixel_decoder_flops(model, num_targets, batch, True))
-    out.update(aux_head_flops(model, batch, num_targets))
-    return out
-
-
-def forward_flops(model, batch: int, seq_len: int, num_targets: int) -> Dict[str, float]:
-    """Analytic FLOPs of one teacher-forced forward (``mode='tensor'``)."""
-    out = OrderedDict()
-    out.update(encoder_flops(model, batch))
-    out.update(projector_flops(model, batch))
-    out.update(llm_flops(model, seq_len, seq_len, batch))
-    out.update(pixel_decoder_flops(model, num_targets, batch))
-    return out
-
-
-def generate_flops(model, prompt_len: int, new_tokens: int, num_targets: int,
-                   batch: int = 1) -> Dict[str, float]:
-    """Analytic FLOPs of ``predict``: encoder, prefill of ``prompt_len`` tokens (the LM head on
-    the last one only, as transformers' ``generate`` runs it), then one cached forward per new
-    token but the last (nothing reads its state), then the pixel decoder on the targets
-    written."""
-    out = OrderedDict()
-    out.update(encoder_flops(model, batch))
-    out.update(projector_flops(model, batch))
-    pre = llm_flops(model, prompt_len, prompt_len, batch, head_tokens=1)
-    for step in range(1, new_tokens):
-        for key, val in llm_flops(model, 1, prompt_len + step, batch).items():
-            pre[key] += val
-    out.update(pre)
-    out.update(pixel_decoder_flops(model, num_targets, batch))
-    return out
 
 
 # ----------------------------------------------------------------------------- synthetic data
@@ -337,7 +51,7 @@ def synthetic_batch(model, batch: int, seq_len: int, targets: int, seed: int = 0
     from mmengine.structures import InstanceData
 
     from pixellm.structures import PixelLMDataSample
-    size = model.vision_encoder.image_size
+    size = model.data_preprocessor.size  # the input size: the mask encoder's for LISA
     image_tokens = model.llm_image_grid ** 2
     text_budget = seq_len - (image_tokens - 1)  # the image placeholder counts as one id
     g = torch.Generator().manual_seed(seed)
@@ -473,14 +187,29 @@ def answer_ids(model, targets: int) -> List[int]:
                            add_special_tokens=False).input_ids
 
 
-def forced_answer_ids(model, targets: int, new_tokens: int) -> List[int]:
-    """:func:`answer_ids` for as many of ``targets`` as fit in ``new_tokens - 1`` generated
+def fitting_targets(model, targets: int, new_tokens: int) -> int:
+    """How many of ``targets`` targets :func:`answer_ids` writes in ``new_tokens - 1`` generated
     tokens (the last generated token's state is never read)."""
     for n in range(targets, 0, -1):
-        ids = answer_ids(model, n)
-        if len(ids) < new_tokens:
-            return ids
-    return []
+        if len(answer_ids(model, n)) < new_tokens:
+            return n
+    return 0
+
+
+def forced_answer_ids(model, targets: int, new_tokens: int) -> List[int]:
+    """:func:`answer_ids` for the :func:`fitting_targets` of ``targets``."""
+    n = fitting_targets(model, targets, new_tokens)
+    return answer_ids(model, n) if n else []
+
+
+def default_new_tokens(model, targets: int) -> int:
+    """Room for every target's tokens, and at least 32 tokens of generation."""
+    return max(32, len(answer_ids(model, targets)) + 1)
+
+
+def prompt_length(model, sample) -> int:
+    """LLM tokens of a synthetic sample's prompt, the image placeholder expanded."""
+    return len(sample.prompt_ids) - 1 + model.llm_image_grid ** 2
 
 
 class GenerationSteer:
@@ -533,12 +262,11 @@ def bench_infer(model, args, device: str, dtype: torch.dtype) -> Dict:
     """
     model.eval()
     if args.new_tokens is None:
-        # Room for every target's tokens, and at least 32 tokens of generation.
-        args.new_tokens = max(32, len(answer_ids(model, args.targets)) + 1)
+        args.new_tokens = default_new_tokens(model, args.targets)
     model.max_new_tokens = args.new_tokens
     steer = GenerationSteer(model, forced_answer_ids(model, args.targets, args.new_tokens))
     images, samples = synthetic_batch(model, 1, args.seq_len, args.targets)
-    prompt_len = len(samples[0].prompt_ids) - 1 + model.llm_image_grid ** 2
+    prompt_len = prompt_length(model, samples[0])
     result = {}
 
     def step():
@@ -564,7 +292,8 @@ PROFILE_STEPS = 2
 # Module kinds whose time the profile sums (record_function ranges around their forward). The
 # ``llm`` part is the decoder stack, which training and transformers' generate both call; the LM
 # head runs outside it.
-PROFILED_PARTS = ('vision_encoder', 'projector', 'mask_projector', 'llm', 'pixel_decoder')
+PROFILED_PARTS = ('vision_encoder', 'mask_encoder', 'projector', 'mask_projector', 'llm',
+                  'pixel_decoder')
 
 
 def _label_parts(model):
@@ -651,6 +380,68 @@ def _report(mode, times, flops, samples, tokens, extra) -> Dict:
                 flops_breakdown=dict(flops), achieved_tflops=total / st['mean'] / 1e12, **extra)
 
 
+def data_train_flops(model, cfg, batches: int) -> Dict:
+    """Mean FLOPs of a training step over the first ``batches`` batches of the config's own
+    ``train_dataloader`` (its data and sampler, loaded in this process, with the random draws of
+    its pipeline seeded by the config's seed as the runner seeds them).
+
+    Each batch is counted at its padded length (the longest sequence, image tokens included:
+    padding runs through the LLM too) with the targets its sequences write.
+    """
+    from mmengine.runner import Runner, set_random_seed
+    loader_cfg = copy.deepcopy(cfg.train_dataloader)
+    loader_cfg.update(num_workers=0, persistent_workers=False)
+    seed = (cfg.get('randomness') or {}).get('seed')
+    if seed is not None:
+        set_random_seed(seed)
+    loader = Runner.build_dataloader(loader_cfg, seed=seed)
+    image_tokens = model.llm_image_grid ** 2
+    steps, shapes = [], []
+    for _, data in zip(range(batches), loader):
+        samples = data['data_samples']
+        length = max(len(s.input_ids) - 1 + image_tokens for s in samples)
+        targets = sum(model.codebook.count_targets(s.input_ids[None], strict=False)[0]
+                      for s in samples)
+        steps.append(train_step_flops(model, len(samples), length, targets))
+        shapes.append((len(samples), length, targets))
+    if not steps:
+        raise ValueError(f'{cfg.filename}: train_dataloader gave no batch')
+    flops = OrderedDict((k, statistics.fmean(step[k] for step in steps)) for k in steps[0])
+    return dict(mode='train', batches=len(steps),
+                batch_size=statistics.fmean(b for b, _, _ in shapes),
+                seq_len=statistics.fmean(n for _, n, _ in shapes),
+                targets_per_batch=statistics.fmean(t for _, _, t in shapes),
+                flops_per_step=sum(flops.values()), flops_breakdown=dict(flops))
+
+
+def count_flops(model, cfg, args) -> List[Dict]:
+    """The FLOPs of the steps the benchmark would time, without running them (``--flops-only``):
+    a training step on ``--batch-size`` sequences of ``--seq-len`` tokens with ``--targets``
+    targets each, and one question generating ``--new-tokens`` tokens that name as many targets
+    as fit (as :func:`bench_infer` steers them)."""
+    runs = []
+    if args.mode in ('train', 'both') and args.data_batches:
+        runs.append(data_train_flops(model, cfg, args.data_batches))
+    elif args.mode in ('train', 'both'):
+        synthetic_batch(model, 1, args.seq_len, args.targets)  # the targets fit in --seq-len
+        flops = train_step_flops(model, args.batch_size, args.seq_len,
+                                 args.targets * args.batch_size)
+        runs.append(dict(mode='train', batch_size=args.batch_size, seq_len=args.seq_len,
+                         targets_per_sample=args.targets, flops_per_step=sum(flops.values()),
+                         flops_breakdown=dict(flops)))
+    if args.mode in ('infer', 'both'):
+        if args.new_tokens is None:
+            args.new_tokens = default_new_tokens(model, args.targets)
+        _, samples = synthetic_batch(model, 1, args.seq_len, args.targets)
+        prompt_len = prompt_length(model, samples[0])
+        masks = fitting_targets(model, args.targets, args.new_tokens)
+        flops = generate_flops(model, prompt_len, args.new_tokens, masks)
+        runs.append(dict(mode='infer', batch_size=1, prompt_len=prompt_len,
+                         new_tokens=args.new_tokens, predicted_masks=masks,
+                         flops_per_step=sum(flops.values()), flops_breakdown=dict(flops)))
+    return runs
+
+
 def _print_table(result: Dict) -> None:
     print(f'\n{result["config"]}  device={result["device"]} ({result["device_name"]})  '
           f'dtype={result["dtype"]}  measured peak {result["peak_tflops"]:.3f} TFLOP/s '
@@ -664,7 +455,7 @@ def _print_table(result: Dict) -> None:
               f'peak memory {r["peak_memory_bytes"]/2**20:.0f} MiB')
         print(f'  {"FLOPs per step":<22}{r["flops_per_step"]:>14.4e}')
         for name, val in r['flops_breakdown'].items():
-            print(f'    {name:<20}{val:>14.4e}')
+            print(f"    {name:<24}{val:>14.4e}")
 
 
 def parse_args(argv=None):
@@ -697,9 +488,62 @@ def parse_args(argv=None):
                              'with torch.profiler and write the operators that take the most time '
                              '(DIR/<mode>_ops.txt) and the time per module kind '
                              '(DIR/<mode>_modules.txt)')
+    parser.add_argument('--flops-only', action='store_true',
+                        help='build the model on the meta device (no memory, no weights) and '
+                             'print the FLOPs of the steps the benchmark would time, without '
+                             'timing them')
+    parser.add_argument('--data-batches', type=int, default=None, metavar='N',
+                        help='with --flops-only: count the training step on the first N batches '
+                             'of the config\'s train_dataloader (its data must be present) '
+                             'instead of synthetic ones, and report the mean')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default=None,
                         help='override config keys, e.g. to shrink a recipe for a dry run')
     return parser.parse_args(argv)
+
+
+def _fill_shapes(args, cfg, model) -> None:
+    """The defaults of --seq-len, --targets and --batch-size: the recipe's shapes."""
+    args.seq_len = args.seq_len or model.tokenizer.model_max_length
+    args.targets = 3 if args.targets is None else args.targets
+    if args.batch_size is None:
+        loader = cfg.get('train_dataloader') or {}
+        args.batch_size = loader.get('batch_size', 1) or 1
+
+
+def _write(result: Dict, path: str) -> None:
+    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+    with open(path, 'w') as f:
+        json.dump(result, f, indent=2)
+    print(f'\nwrote {path}')
+
+
+def flops_only(cfg, args) -> Dict:
+    """``--flops-only``: count the steps' FLOPs on the meta-device model, print and return them."""
+    from pixellm.models.meta_build import build_on_meta, count_parameters
+    model = build_on_meta(cfg.model)
+    _fill_shapes(args, cfg, model)
+    total, trainable = count_parameters(model)
+    result = dict(config=args.config, device='meta', params_total=total,
+                  params_trainable=trainable, runs=count_flops(model, cfg, args))
+    print(f'\n{args.config}  FLOPs counted on the meta device, nothing run; '
+          f'{total:,} parameters ({trainable:,} trained)')
+    for r in result['runs']:
+        if r['mode'] == 'infer':
+            shape = (f'prompt {r["prompt_len"]} tokens, {r["new_tokens"]} new, '
+                     f'{r["predicted_masks"]} masks')
+        elif 'batches' in r:
+            shape = (f'mean of {r["batches"]} batches of the config\'s data: batch '
+                     f'{r["batch_size"]:.2f} x {r["seq_len"]:.1f} tokens (padded), '
+                     f'{r["targets_per_batch"]:.2f} targets')
+        else:
+            shape = (f'batch {r["batch_size"]} x {r["seq_len"]} tokens, '
+                     f'{r["targets_per_sample"]} targets each')
+        print(f'\n[{r["mode"]}] {shape}\n  {"FLOPs per step":<22}{r["flops_per_step"]:>14.4e}')
+        for name, val in r['flops_breakdown'].items():
+            print(f"    {name:<24}{val:>14.4e}")
+    if args.out:
+        _write(result, args.out)
+    return result
 
 
 def main(argv=None) -> Dict:
@@ -709,15 +553,20 @@ def main(argv=None) -> Dict:
     init_default_scope('pixellm')
     import pixellm.models  # noqa: F401
     from pixellm.models.meta_build import build_random_init, count_parameters
+    from pixellm.utils import load_config
     if args.threads:
         torch.set_num_threads(args.threads)
+    cfg = load_config(args.config, cfg_options=args.cfg_options)
+    if args.data_batches and not args.flops_only:
+        raise SystemExit('--data-batches counts FLOPs on the config\'s data; use it with '
+                         '--flops-only')
+    if args.flops_only:
+        return flops_only(cfg, args)
     device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
     if device == 'cuda' and not torch.cuda.is_available():
         raise RuntimeError('--device cuda but torch sees no CUDA device')
     dtype_name = args.dtype or ('bf16' if device == 'cuda' else 'fp32')
     dtype = dict(bf16=torch.bfloat16, fp32=torch.float32)[dtype_name]
-    from pixellm.utils import load_config
-    cfg = load_config(args.config, cfg_options=args.cfg_options)
     peak_size = args.peak_size or (8192 if device == 'cuda' else 2048)
     peak = measure_peak_tflops(device, dtype, peak_size)
     print(f'measured matmul peak: {peak:.3f} TFLOP/s ({dtype_name}, {peak_size}^3, {device})')
@@ -727,11 +576,7 @@ def main(argv=None) -> Dict:
         model = build_random_init(cfg.model)
     model.to(device)
     total, trainable = count_parameters(model)
-    args.seq_len = args.seq_len or model.tokenizer.model_max_length
-    args.targets = 3 if args.targets is None else args.targets
-    if args.batch_size is None:
-        loader = cfg.get('train_dataloader') or {}
-        args.batch_size = loader.get('batch_size', 1) or 1
+    _fill_shapes(args, cfg, model)
     if device == 'cuda':
         torch.cuda.reset_peak_memory_stats()
     runs = []
@@ -758,10 +603,7 @@ def main(argv=None) -> Dict:
         date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()), runs=runs)
     _print_table(result)
     if args.out:
-        os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
-        with open(args.out, 'w') as f:
-            json.dump(result, f, indent=2)
-        print(f'\nwrote {args.out}')
+        _write(result, args.out)
     # After the figures are printed and written: a profile can take long on a big model.
     if args.profile:
         profile_modes(model, cfg, args, device, dtype)

@@ -1,0 +1,6 @@
+"""Analysis of built models: analytic FLOPs (:mod:`pixellm.analysis.flops`)."""
+from .flops import (component_flops, flop_formula, forward_flops, generate_flops, llm_flops,
+                    llm_flops_per_token, train_step_flops)
+
+__all__ = ['component_flops', 'flop_formula', 'forward_flops', 'generate_flops', 'llm_flops',
+           'llm_flops_per_token', 'train_step_flops']
