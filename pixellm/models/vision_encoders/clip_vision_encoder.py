@@ -3,13 +3,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from mmengine.model import BaseModule
 from torch import nn
 
 from pixellm.registry import MODELS
-from .utils import check_config_matches, valid_patch_grid
+from .base_vision_encoder import BaseVisionEncoder
+from .utils import check_config_matches
 
-from .utils import valid_patch_grid
 
 
 def interpolate_position_embedding(weight: torch.Tensor, new_grid: int,
@@ -46,7 +45,7 @@ def interpolate_position_embedding(weight: torch.Tensor, new_grid: int,
 
 
 @MODELS.register_module()
-class CLIPVisionEncoder(BaseModule):
+class CLIPVisionEncoder(BaseVisionEncoder):
     """CLIP vision tower with PixelLM's resizing, padding mask and multi-scale layer selection.
 
     Built from a Hugging Face checkpoint (hub name or local path, e.g.
@@ -90,7 +89,7 @@ class CLIPVisionEncoder(BaseModule):
                  frozen: bool = True,
                  torch_dtype: Optional[str] = None,
                  init_cfg: Optional[Dict] = None) -> None:
-        super().__init__(init_cfg=init_cfg)
+        super().__init__(frozen=frozen, init_cfg=init_cfg)
         from transformers import CLIPVisionConfig, CLIPVisionModel
         dtype = getattr(torch, torch_dtype) if isinstance(torch_dtype, str) else torch_dtype
         if pretrained is not None:
@@ -118,7 +117,6 @@ class CLIPVisionEncoder(BaseModule):
         if isinstance(dtype, torch.dtype):
             model.to(dtype)
         self.mask_padding = mask_padding
-        self.frozen = frozen
         if frozen:
             self.requires_grad_(False)
         else:
@@ -150,10 +148,6 @@ class CLIPVisionEncoder(BaseModule):
     @property
     def patch_size(self) -> int:
         return self.config.patch_size
-
-    @property
-    def grid_size(self) -> int:
-        return self.image_size // self.patch_size
 
     @property
     def embed_dim(self) -> int:
@@ -204,15 +198,6 @@ class CLIPVisionEncoder(BaseModule):
             model.vision_model.load_state_dict(self.vision_model.state_dict())
         model.save_pretrained(out_dir)
         return out_dir
-
-    def train(self, mode: bool = True) -> 'CLIPVisionEncoder':
-        # A frozen tower stays in eval mode so dropout never fires (and there is none in CLIP).
-        return super().train(mode and not self.frozen)
-
-    def valid_patches(self, valid_hw: Sequence[Tuple[int, int]],
-                      device: torch.device) -> torch.Tensor:
-        """``(B, grid, grid)`` bool: patches that hold some of the unpadded image."""
-        return valid_patch_grid(valid_hw, self.grid_size, self.patch_size, device)
 
     def _padding_mask(self, valid_hw: Sequence[Tuple[int, int]], dtype: torch.dtype,
                       device: torch.device) -> torch.Tensor:

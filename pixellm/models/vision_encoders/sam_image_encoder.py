@@ -2,14 +2,14 @@
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-from mmengine.model import BaseModule
 
 from pixellm.registry import MODELS
-from .utils import check_config_matches, valid_patch_grid
+from .base_vision_encoder import BaseVisionEncoder
+from .utils import check_config_matches
 
 
 @MODELS.register_module()
-class SAMImageEncoder(BaseModule):
+class SAMImageEncoder(BaseVisionEncoder):
     """SAM's image encoder: a windowed ViT and a conv neck, giving one dense feature map.
 
     LISA encodes the 1024x1024 (longest side resized, bottom/right padded) image with SAM
@@ -43,7 +43,7 @@ class SAMImageEncoder(BaseModule):
                  torch_dtype: Optional[str] = None,
                  attn_implementation: str = 'sdpa',
                  init_cfg: Optional[Dict] = None) -> None:
-        super().__init__(init_cfg=init_cfg)
+        super().__init__(frozen=frozen, init_cfg=init_cfg)
         from transformers import SamVisionConfig, SamVisionModel
         from transformers.models.sam.modeling_sam import SamVisionEncoder
         if pretrained is not None:
@@ -67,7 +67,6 @@ class SAMImageEncoder(BaseModule):
             encoder.to(dtype)
         self.image_encoder = encoder
         self.config = encoder.config
-        self.frozen = frozen
         if frozen:
             self.requires_grad_(False)
 
@@ -92,10 +91,6 @@ class SAMImageEncoder(BaseModule):
         return int(self.config.patch_size)
 
     @property
-    def grid_size(self) -> int:
-        return self.image_size // self.patch_size
-
-    @property
     def embed_dim(self) -> int:
         """Channels of the features: the neck's output (256 for every released SAM)."""
         return int(self.config.output_channels)
@@ -103,15 +98,6 @@ class SAMImageEncoder(BaseModule):
     @property
     def num_scales(self) -> int:
         return 1
-
-    def train(self, mode: bool = True) -> 'SAMImageEncoder':
-        # A frozen encoder stays in eval mode (its attention dropout never fires).
-        return super().train(mode and not self.frozen)
-
-    def valid_patches(self, valid_hw: Sequence[Tuple[int, int]],
-                      device: torch.device) -> torch.Tensor:
-        """``(B, grid, grid)`` bool: patches that hold some of the unpadded image."""
-        return valid_patch_grid(valid_hw, self.grid_size, self.patch_size, device)
 
     def forward(self, images: torch.Tensor,
                 valid_hw: Optional[Sequence[Tuple[int, int]]] = None) -> List[torch.Tensor]:

@@ -4,12 +4,11 @@ import inspect
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-from mmengine.model import BaseModule
 from torch import nn
 
 from pixellm.registry import MODELS
 
-from .utils import valid_patch_grid
+from .base_vision_encoder import BaseVisionEncoder
 
 # What TimmVisionEncoder calls on the timm model; timm's ViT family (VisionTransformer, Eva...)
 # has all of it, CNNs and hierarchical transformers (ResNet, Swin) do not.
@@ -42,7 +41,7 @@ def create_timm_model(model_name: str, **kwargs) -> nn.Module:
 
 
 @MODELS.register_module()
-class TimmVisionEncoder(BaseModule):
+class TimmVisionEncoder(BaseVisionEncoder):
     """A timm ViT as PixelLM's vision encoder: patch features of chosen blocks, padding masked.
 
     Any model of timm's ViT family works (``VisionTransformer`` and ``Eva`` classes), e.g.
@@ -116,7 +115,7 @@ class TimmVisionEncoder(BaseModule):
                  frozen: bool = True,
                  torch_dtype: Optional[str] = None,
                  init_cfg: Optional[Dict] = None) -> None:
-        super().__init__(init_cfg=init_cfg)
+        super().__init__(frozen=frozen, init_cfg=init_cfg)
         kwargs = dict(model_kwargs or {})
         if image_size is not None:
             kwargs['img_size'] = image_size
@@ -172,7 +171,6 @@ class TimmVisionEncoder(BaseModule):
         dtype = getattr(torch, torch_dtype) if isinstance(torch_dtype, str) else torch_dtype
         if isinstance(dtype, torch.dtype):
             model.to(dtype)
-        self.frozen = frozen
         if frozen:
             self.requires_grad_(False)
 
@@ -203,25 +201,12 @@ class TimmVisionEncoder(BaseModule):
         return self._patch_size
 
     @property
-    def grid_size(self) -> int:
-        return self._image_size // self._patch_size
-
-    @property
     def embed_dim(self) -> int:
         return self.vision_model.embed_dim
 
     @property
     def num_scales(self) -> int:
         return len(self.select_layers)
-
-    def train(self, mode: bool = True) -> 'TimmVisionEncoder':
-        # A frozen tower stays in eval mode: no dropout, drop-path or patch dropout.
-        return super().train(mode and not self.frozen)
-
-    def valid_patches(self, valid_hw: Sequence[Tuple[int, int]],
-                      device: torch.device) -> torch.Tensor:
-        """``(B, grid, grid)`` bool: patches that hold some of the unpadded image."""
-        return valid_patch_grid(valid_hw, self.grid_size, self.patch_size, device)
 
     def forward(self, images: torch.Tensor,
                 valid_hw: Optional[Sequence[Tuple[int, int]]] = None) -> List[torch.Tensor]:
