@@ -32,6 +32,7 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from pixellm.analysis.flops import generate_flops, train_step_flops  # noqa: E402
+from pixellm.utils.cli import add_debug_argument, cli_main  # noqa: E402
 
 QUESTION = 'Please segment every object the question asks about.'
 
@@ -389,6 +390,9 @@ def data_train_flops(model, cfg, batches: int) -> Dict:
     padding runs through the LLM too) with the targets its sequences write.
     """
     from mmengine.runner import Runner, set_random_seed
+
+    from pixellm.engine.tool_config import check_data_or_exit
+    check_data_or_exit(cfg, ('train_dataloader', ), 'tools/analysis/benchmark.py --data-batches')
     loader_cfg = copy.deepcopy(cfg.train_dataloader)
     loader_cfg.update(num_workers=0, persistent_workers=False)
     seed = (cfg.get('randomness') or {}).get('seed')
@@ -498,6 +502,7 @@ def parse_args(argv=None):
                              'instead of synthetic ones, and report the mean')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default=None,
                         help='override config keys, e.g. to shrink a recipe for a dry run')
+    add_debug_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -546,6 +551,7 @@ def flops_only(cfg, args) -> Dict:
     return result
 
 
+@cli_main
 def main(argv=None) -> Dict:
     """Run the benchmark; return (and optionally write) the result dict."""
     args = parse_args(argv)
@@ -557,9 +563,9 @@ def main(argv=None) -> Dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = load_config(args.config, cfg_options=args.cfg_options)
-    if args.data_batches and not args.flops_only:
-        raise SystemExit('--data-batches counts FLOPs on the config\'s data; use it with '
-                         '--flops-only')
+    if args.data_batches and (not args.flops_only or args.mode == 'infer'):
+        raise SystemExit('error: --data-batches counts the training step on the config\'s data; '
+                         'use it with --flops-only and --mode train or both')
     if args.flops_only:
         return flops_only(cfg, args)
     device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
