@@ -25,8 +25,15 @@ from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
-__all__ = ['flop_formula', 'component_flops', 'llm_flops', 'llm_flops_per_token',
+from pixellm.utils.cli import UserError
+
+__all__ = ['FlopCountError', 'flop_formula', 'component_flops', 'llm_flops', 'llm_flops_per_token',
            'train_step_flops', 'forward_flops', 'generate_flops', 'check_llm_block']
+
+class FlopCountError(UserError, ValueError):
+    """A part of the model that the formulas cannot count: a component class without a formula,
+    an LLM block of another shape, a partly trained encoder. The tools report it as one line."""
+
 
 # Component class -> formula. Looked up along the class's MRO, so a subclass that computes the
 # same thing needs no formula of its own.
@@ -57,14 +64,15 @@ def component_flops(module: torch.nn.Module, role: str, *args, **kwargs) -> Dict
         *args, **kwargs: The formula's arguments after the module.
 
     Raises:
-        ValueError: No formula is registered for the class or a base class.
+        FlopCountError: No formula is registered for the class or a base class.
     """
     for klass in type(module).__mro__:
         if klass in _FORMULAS:
             return _FORMULAS[klass](module, *args, **kwargs)
     known = ', '.join(sorted(k.__name__ for k in _FORMULAS))
-    raise ValueError(f'no FLOP formula for the {role} {type(module).__name__} (formulas exist for '
-                     f'{known}); register one with pixellm.analysis.flops.flop_formula')
+    raise FlopCountError(f'no FLOP formula for the {role} {type(module).__name__} (formulas '
+                         f'exist for {known}); register one with '
+                         'pixellm.analysis.flops.flop_formula')
 
 
 def _trainable(module: torch.nn.Module) -> bool:
@@ -121,7 +129,7 @@ def check_llm_block(model, s: Dict) -> None:
     (LoRA wrappers looked through) must be exactly those, with those shapes.
 
     Raises:
-        ValueError: The block has other linears or shapes; the message lists both.
+        FlopCountError: The block has other linears or shapes; the message lists both.
     """
     layers = model.llm.hf_model.get_decoder().layers
     found = {}
@@ -135,8 +143,8 @@ def check_llm_block(model, s: Dict) -> None:
             found[key] = (module.in_features, module.out_features)
     want = dict(llm_linear_shapes(s))
     if found != want:
-        raise ValueError(f'the benchmark counts LLaMA-shaped decoder blocks {want}, but this '
-                         f'LLM\'s block has {found}; its FLOP formulas do not apply')
+        raise FlopCountError(f'the benchmark counts LLaMA-shaped decoder blocks {want}, but '
+                             f'this LLM\'s block has {found}; its FLOP formulas do not apply')
 
 
 def llm_flops(model, tokens: int, context: int, batch: int = 1, training: bool = False,
@@ -190,6 +198,21 @@ def llm_flops_per_token(model, seq_len: int) -> float:
 
 
 # ----------------------------------------------------------------------------- image encoders
+def _trained_as_whole(enc, params) -> bool:
+    """Whether the weights of the parts of ``enc`` that run train. The encoder formulas count an
+    encoder trained or frozen as a whole.
+
+    Raises:
+        FlopCountError: Some of those weights train and others not.
+    """
+    flags = {p.requires_grad for p in params}
+    if len(flags) > 1:
+        raise FlopCountError(f'{type(enc).__name__} is partly trained (some of the weights that '
+                             'run train, others are frozen); its FLOP formula counts an encoder '
+                             'trained or frozen as a whole')
+    return True in flags
+
+
 def _clip_flops(enc, batch: int, training: bool = False) -> Dict[str, float]:
     """CLIP vision tower: patch embedding and the layers run (up to the deepest selected one)."""
     cfg = enc.config
@@ -198,7 +221,10 @@ def _clip_flops(enc, batch: int, training: bool = False) -> Dict[str, float]:
     n = patches + 1
     num_layers = cfg.num_hidden_layers
     run = max(i % (num_layers + 1) for i in enc.select_layers)
-    trained = _trainable(enc)
+    vm = enc.vision_model
+    trained = _trained_as_whole(enc, [*vm.embeddings.parameters(), *vm.pre_layrnorm.parameters(),
+                                      *(p for layer in vm.encoder.layers[:run]
+                                        for p in layer.parameters())])
     # The images need no gradient: the patch embedding never computes an input gradient.
     patch = 2.0 * batch * patches * 3 * p * p * c * _mult(training, trained, False)
     m = _mult(training, trained, trained)
@@ -221,7 +247,7 @@ def _sam_flops(enc, batch: int, training: bool = False) -> Dict[str, float]:
     c, p, g = cfg.hidden_size, enc.patch_size, enc.grid_size
     mlp = vit.layers[0].mlp.lin1.out_features
     out = vit.neck.conv1.out_channels
-    trained = _trainable(enc)
+    trained = _trained_as_whole(enc, vit.parameters())
     m = _mult(training, trained, trained)
     patch = 2.0 * batch * g * g * 3 * p * p * c * _mult(training, trained, False)
     linear = attn = 0.0
@@ -249,7 +275,7 @@ def _timm_vit_flops(enc, batch: int, training: bool = False) -> Dict[str, float]
     g, p = enc.grid_size, enc.patch_size
     n = g * g + vit.num_prefix_tokens
     conv = vit.patch_embed.proj
-    trained = _trainable(enc)
+    trained = _trained_as_whole(enc, vit.parameters())
     m = _mult(training, trained, trained)
     patch = 2.0 * batch * g * g * conv.in_channels * p * p * conv.out_channels * \
         _mult(training, trained, False)
@@ -466,14 +492,14 @@ def aux_head_flops(model, batch: int, num_targets: int) -> Dict[str, float]:
     states they read take a gradient). ``predict`` never runs them.
 
     Raises:
-        ValueError: A head has no ``step_flops``, so the step's count would be incomplete.
+        FlopCountError: A head has no ``step_flops``, so the step's count would be incomplete.
     """
     out = OrderedDict()
     for i, head in enumerate(getattr(model, 'aux_heads', ())):
         if not hasattr(head, 'step_flops'):
-            raise ValueError(f'aux_heads[{i}] ({type(head).__name__}) has no step_flops(batch, '
-                             'num_targets, image_tokens, codebook_tokens); the benchmark cannot '
-                             'count its FLOPs')
+            raise FlopCountError(f'aux_heads[{i}] ({type(head).__name__}) has no step_flops('
+                                 'batch, num_targets, image_tokens, codebook_tokens); the '
+                                 'benchmark cannot count its FLOPs')
         codebook = model.codebook.num_scales * model.codebook.tokens_per_scale
         flops = head.step_flops(batch, num_targets, model.llm_image_grid ** 2, codebook)
         for name, value in flops.items():

@@ -15,6 +15,7 @@ from conftest import REPO, TINY_MODEL_CFG, load_tool, tiny_model_cfg
 
 DEMO_CFG = osp.join(REPO, 'projects/pixellm_tiny_demo/configs/pixellm_tiny_demo.py')
 LISA_TINY_CFG = osp.join(REPO, 'configs', '_base_', 'models', 'lisa_tiny.py')
+DOT_CFG = osp.join(REPO, 'projects/pixellm_tiny_demo/configs/pixellm_tiny_demo_dotdecoder.py')
 MODEL_7B_CFG = osp.join(REPO, 'configs', '_base_', 'models', 'pixellm_7b.py')
 # The analytic count and FlopCounterMode agree exactly on these models (same matmuls, convs and
 # attention products); the tolerance only absorbs float rounding of the large sums.
@@ -60,8 +61,8 @@ def _counted(fn):
     return counter.get_total_flops()
 
 
-@pytest.mark.parametrize('cfg_path', [TINY_MODEL_CFG, DEMO_CFG, LISA_TINY_CFG],
-                         ids=['frozen_clip_lora', 'all_trained', 'lisa'])
+@pytest.mark.parametrize('cfg_path', [TINY_MODEL_CFG, DEMO_CFG, LISA_TINY_CFG, DOT_CFG],
+                         ids=['frozen_clip_lora', 'all_trained', 'lisa', 'plugin_decoder'])
 def test_analytic_flops_match_flop_counter(bench, cfg_path):
     model = build_random_init(load_config(cfg_path).model)
     batch, seq_len, targets = 2, 160, 2  # the demo LLM sees 64 image tokens
@@ -78,7 +79,7 @@ def test_analytic_flops_match_flop_counter(bench, cfg_path):
         loss.backward()
 
     analytic = flops.forward_flops(model, batch, seq_len, targets * batch)
-    assert analytic['decoder_transformer'] > 0
+    assert sum(v for k, v in analytic.items() if k.startswith('decoder_')) > 0
     assert _counted(forward) == pytest.approx(sum(analytic.values()), rel=REL_TOL)
     analytic = flops.train_step_flops(model, batch, seq_len, targets * batch)
     assert _counted(train) == pytest.approx(sum(analytic.values()), rel=REL_TOL)
@@ -139,6 +140,45 @@ def test_full_size_lisa_parts_match_flop_counter_on_meta(train_mask_decoder):
     analytic = flops.pixel_decoder_flops(lisa, 5, 2, training=True)
     assert analytic['decoder_iou_head'] > 0
     assert _counted(train) == pytest.approx(sum(analytic.values()), rel=REL_TOL)
+
+
+@pytest.mark.parametrize('tokens, counts, feats_grad', [(2, (3, 0, 2), True), (1, (0, 4), False)])
+def test_lisa_decoder_variants_match_flop_counter(tokens, counts, feats_grad):
+    """LISA's decoder at SAM's shapes with several prompt tokens per target, an image without
+    targets and image features that need a gradient (a trained mask encoder)."""
+    from pixellm.models.pixel_decoders import LISAMaskDecoder
+    with torch.device('meta'):
+        dec = LISAMaskDecoder(in_channels=4096, feat_channels=256, grid_size=64, input_size=1024,
+                              tokens_per_scale=tokens)
+    feats = [torch.empty(len(counts), 64 * 64, 256, device='meta', requires_grad=feats_grad)]
+    states = [torch.empty(n, 1, tokens, 4096, device='meta', requires_grad=True) for n in counts]
+
+    def train():
+        sum(m.sum() for m in dec(states, feats)).backward()
+
+    analytic = flops.component_flops(dec, 'pixel_decoder', sum(counts), len(counts), True,
+                                     feats_grad)
+    assert _counted(train) == pytest.approx(sum(analytic.values()), rel=REL_TOL)
+
+
+def test_trained_sam_encoder_with_padded_windows_matches_flop_counter():
+    """A trained SAM-layout encoder whose grid (8) is not a multiple of its window (3): forward
+    and backward over the padded windows; a partly trained one is refused."""
+    from pixellm.models.vision_encoders import SAMImageEncoder
+    enc = SAMImageEncoder(vision_config=dict(
+        hidden_size=32, num_hidden_layers=3, num_attention_heads=2, global_attn_indexes=(1, ),
+        window_size=3, image_size=128, patch_size=16, output_channels=16, num_pos_feats=8,
+        mlp_dim=64), frozen=False).train()
+    images = torch.randn(2, 3, 128, 128)
+
+    def train():
+        enc(images)[0].sum().backward()
+
+    analytic = flops.component_flops(enc, 'mask_encoder', 2, True)
+    assert _counted(train) == pytest.approx(sum(analytic.values()), rel=REL_TOL)
+    enc.image_encoder.neck.requires_grad_(False)
+    with pytest.raises(flops.FlopCountError, match='SAMImageEncoder is partly trained'):
+        flops.component_flops(enc, 'mask_encoder', 2, True)
 
 
 def test_flops_only_counts_the_recipe_on_meta(bench):

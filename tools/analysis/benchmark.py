@@ -32,7 +32,7 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from pixellm.analysis.flops import generate_flops, train_step_flops  # noqa: E402
-from pixellm.utils.cli import add_debug_argument, cli_main  # noqa: E402
+from pixellm.utils.cli import UserError, add_debug_argument, cli_main  # noqa: E402
 
 QUESTION = 'Please segment every object the question asks about.'
 
@@ -64,14 +64,14 @@ def synthetic_batch(model, batch: int, seq_len: int, targets: int, seed: int = 0
     try:
         enc = text.encode_conversation(messages, max_length=text_budget)
     except ValueError as err:
-        raise ValueError(f'--seq-len {seq_len} ({image_tokens} image tokens) leaves no room for '
-                         f'the answer; raise it ({err})') from err
+        raise UserError(f'--seq-len {seq_len} ({image_tokens} image tokens) leaves no room for '
+                        f'the answer; raise it ({err})') from err
     if len(enc['input_ids']) != text_budget:
         raise ValueError(f'could not fill {seq_len} tokens ({text_budget} text ids): got '
                          f'{len(enc["input_ids"])}')
     written = model.codebook.count_targets(enc['input_ids'][None], strict=False)[0]
     if written != targets:
-        raise ValueError(f'--seq-len {seq_len} leaves room for {written} of {targets} targets')
+        raise UserError(f'--seq-len {seq_len} leaves room for {written} of {targets} targets')
     prompt = text.encode_prompt([user])
     images, samples = [], []
     for i in range(batch):
@@ -145,7 +145,7 @@ def build_optim_wrapper(model, cfg, device: str):
     """
     from mmengine.optim import build_optim_wrapper as build
     if cfg.get('optim_wrapper') is None:
-        raise ValueError('the config has no optim_wrapper; benchmark a training config')
+        raise UserError('the config has no optim_wrapper; benchmark a training config')
     wrapper = copy.deepcopy(cfg.optim_wrapper.to_dict() if hasattr(cfg.optim_wrapper, 'to_dict')
                             else dict(cfg.optim_wrapper))
     wrapper.pop('accumulative_counts', None)
@@ -424,7 +424,7 @@ def count_flops(model, cfg, args) -> List[Dict]:
     targets each, and one question generating ``--new-tokens`` tokens that name as many targets
     as fit (as :func:`bench_infer` steers them)."""
     runs = []
-    if args.mode in ('train', 'both') and args.data_batches:
+    if args.mode in ('train', 'both') and args.data_batches is not None:
         runs.append(data_train_flops(model, cfg, args.data_batches))
     elif args.mode in ('train', 'both'):
         synthetic_batch(model, 1, args.seq_len, args.targets)  # the targets fit in --seq-len
@@ -499,11 +499,34 @@ def parse_args(argv=None):
     parser.add_argument('--data-batches', type=int, default=None, metavar='N',
                         help='with --flops-only: count the training step on the first N batches '
                              'of the config\'s train_dataloader (its data must be present) '
-                             'instead of synthetic ones, and report the mean')
+                             'instead of synthetic ones, and report the mean (--batch-size, '
+                             '--seq-len and --targets then shape the question only)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default=None,
                         help='override config keys, e.g. to shrink a recipe for a dry run')
     add_debug_argument(parser)
     return parser.parse_args(argv)
+
+
+def check_args(args, cfg) -> None:
+    """Refuse option combinations that would be ignored or cannot run, in one line."""
+    def refuse(what):
+        raise SystemExit(f'error: {what}')
+
+    if args.data_batches is not None:
+        if not args.flops_only or args.mode == 'infer':
+            refuse('--data-batches counts the training step on the config\'s data; use it with '
+                   '--flops-only and --mode train or both')
+        if args.data_batches < 1:
+            refuse(f'--data-batches must be at least 1, got {args.data_batches}')
+        if cfg.get('train_dataloader') is None:
+            refuse(f'{args.config}: --data-batches reads train_dataloader, which the config has '
+                   'not')
+    if args.flops_only and args.profile:
+        refuse('--profile times the steps; --flops-only runs none')
+    for name in ('new_tokens', 'steps', 'batch_size', 'seq_len'):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            refuse(f'--{name.replace("_", "-")} must be at least 1, got {value}')
 
 
 def _fill_shapes(args, cfg, model) -> None:
@@ -563,9 +586,7 @@ def main(argv=None) -> Dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = load_config(args.config, cfg_options=args.cfg_options)
-    if args.data_batches and (not args.flops_only or args.mode == 'infer'):
-        raise SystemExit('error: --data-batches counts the training step on the config\'s data; '
-                         'use it with --flops-only and --mode train or both')
+    check_args(args, cfg)
     if args.flops_only:
         return flops_only(cfg, args)
     device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
