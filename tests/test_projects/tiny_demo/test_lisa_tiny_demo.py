@@ -1,5 +1,6 @@
 """The tiny LISA of the demo through tools/train.py and tools/test.py: every part but SAM's prompt
-encoder trains, and the checkpoint is scored by the demo's two gIoU/cIoU protocols."""
+encoder trains (the demo's auxiliary heads too), and the checkpoint is scored by the demo's two
+gIoU/cIoU protocols."""
 import math
 import re
 
@@ -36,8 +37,9 @@ def test_tiny_lisa_trains_every_part_and_its_checkpoint_evaluates(data_root, tmp
     early = load_checkpoint_safely(str(work / 'iter_1.pth'))['state_dict']
     late = load_checkpoint_safely(str(work / 'iter_2.pth'))['state_dict']
     moved = {k.split('.')[0] for k in late if not torch.equal(early[k], late[k])}
-    # The demo trains the random towers whole (SAM and CLIP), the projector and the LLM.
-    assert {'mask_encoder', 'vision_encoder', 'projector', 'llm', 'pixel_decoder'} <= moved
+    # The demo trains the towers whole (SAM and CLIP), the projector, the LLM and its heads.
+    assert {'mask_encoder', 'vision_encoder', 'projector', 'llm', 'pixel_decoder',
+            'aux_heads'} <= moved
     prompt = [k for k in late if k.startswith('pixel_decoder.prompt_encoder.')]
     assert prompt and all(torch.equal(early[k], late[k]) for k in prompt)
     sam = [k for k in late if k.startswith('mask_encoder.image_encoder.layers.')]
