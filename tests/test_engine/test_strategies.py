@@ -99,7 +99,8 @@ def test_flexible_runner_builds_the_strategy_apply_deepspeed_names(tmp_path):
         with DefaultScope.overwrite_default_scope(scope):
             strategy = FlexibleRunner.build_strategy(
                 _runner_stub(tmp_path), strategy=cfg.strategy.to_dict(),
-                randomness=dict(seed=0), env_cfg=dict(dist_cfg=dict(backend='gloo')))
+                randomness=dict(seed=0), env_cfg=dict(dist_cfg=dict(backend='gloo')),
+                log_level='INFO')  # as FlexibleRunner passes its own (default 'INFO')
         assert type(strategy) is PixelLMDeepSpeedStrategy, scope
         assert strategy.config['zero_optimization']['stage'] == 2
 
