@@ -15,8 +15,9 @@ Convention (a multiply-add is 2 FLOPs):
   neither; a product of two activations by 1 plus one per operand that needs a gradient.
   Gradient-checkpointing recomputation is not counted (model FLOPs, as in PaLM).
 
-Every component is counted by the formula registered for its class (:func:`flop_formula`); a
-component without one stops the count with an error naming it, rather than leave it out.
+Every component is counted by the formula registered for its class or, failing that, for its
+nearest base class that has one (:func:`flop_formula`); a component with neither stops the count
+with an error naming it, rather than leave it out. A subclass that adds matmuls registers its own.
 Auxiliary heads count themselves (``step_flops``).
 """
 import math
@@ -79,7 +80,7 @@ def _trainable(module: torch.nn.Module) -> bool:
     return any(p.requires_grad for p in module.parameters())
 
 
-def _mult(training: bool, weight_trained: bool, input_grad: bool) -> int:
+def matmul_multiplier(training: bool, weight_trained: bool, input_grad: bool) -> int:
     """Forward/backward multiplier of one matmul (see the module docstring)."""
     if not training:
         return 1
@@ -172,8 +173,8 @@ def llm_flops(model, tokens: int, context: int, batch: int = 1, training: bool =
         base_trained = any(p.requires_grad for n, p in model.llm.hf_model.named_parameters()
                            if 'lora_' not in n)
     # The added token rows train, so every LLM activation needs an input gradient.
-    base = _mult(training, base_trained, True)
-    lora_m = _mult(training, True, True)
+    base = matmul_multiplier(training, base_trained, True)
+    lora_m = matmul_multiplier(training, True, True)
     n = batch * tokens
     per_layer = sum(i * o for i, o in llm_linear_shapes(s).values())
     lora = sum(s['lora_r'] * (i + o) for name, (i, o) in llm_linear_shapes(s).items()
@@ -185,11 +186,11 @@ def llm_flops(model, tokens: int, context: int, batch: int = 1, training: bool =
     return dict(
         llm_matmul=2.0 * n * s['layers'] * per_layer * base,
         llm_lora=2.0 * n * s['layers'] * lora * lora_m,
-        llm_head=2.0 * head_n * (head_base * _mult(training, head_trained, True)
-                                 + head_new * _mult(training, True, True)),
+        llm_head=2.0 * head_n * (head_base * matmul_multiplier(training, head_trained, True)
+                                 + head_new * matmul_multiplier(training, True, True)),
         # Both operands of QK^T and AV need gradients: backward is two products per product.
         llm_attention=4.0 * batch * tokens * context * s['heads'] * s['head_dim']
-        * s['layers'] * _mult(training, True, True))
+        * s['layers'] * matmul_multiplier(training, True, True))
 
 
 def llm_flops_per_token(model, seq_len: int) -> float:
@@ -226,8 +227,8 @@ def _clip_flops(enc, batch: int, training: bool = False) -> Dict[str, float]:
                                       *(p for layer in vm.encoder.layers[:run]
                                         for p in layer.parameters())])
     # The images need no gradient: the patch embedding never computes an input gradient.
-    patch = 2.0 * batch * patches * 3 * p * p * c * _mult(training, trained, False)
-    m = _mult(training, trained, trained)
+    patch = 2.0 * batch * patches * 3 * p * p * c * matmul_multiplier(training, trained, False)
+    m = matmul_multiplier(training, trained, trained)
     layers = 2.0 * batch * n * (4 * c * c + 2 * c * f) * run * m
     attn = 4.0 * batch * n * n * c * run * m
     return dict(patch=patch, matmul=layers, attention=attn)
@@ -248,8 +249,8 @@ def _sam_flops(enc, batch: int, training: bool = False) -> Dict[str, float]:
     mlp = vit.layers[0].mlp.lin1.out_features
     out = vit.neck.conv1.out_channels
     trained = _trained_as_whole(enc, vit.parameters())
-    m = _mult(training, trained, trained)
-    patch = 2.0 * batch * g * g * 3 * p * p * c * _mult(training, trained, False)
+    m = matmul_multiplier(training, trained, trained)
+    patch = 2.0 * batch * g * g * 3 * p * p * c * matmul_multiplier(training, trained, False)
     linear = attn = 0.0
     for i in range(cfg.num_hidden_layers):
         w = cfg.window_size if i not in cfg.global_attn_indexes else 0
@@ -264,7 +265,7 @@ def _sam_flops(enc, batch: int, training: bool = False) -> Dict[str, float]:
             attn += 4.0 * tokens * side * c
     neck = 2.0 * g * g * (c * out + 9 * out * out)
     return dict(patch=patch, matmul=batch * linear * m, attention=batch * attn * m,
-                neck=batch * neck * _mult(training, trained, trained))
+                neck=batch * neck * matmul_multiplier(training, trained, trained))
 
 
 def _timm_vit_flops(enc, batch: int, training: bool = False) -> Dict[str, float]:
@@ -276,9 +277,9 @@ def _timm_vit_flops(enc, batch: int, training: bool = False) -> Dict[str, float]
     n = g * g + vit.num_prefix_tokens
     conv = vit.patch_embed.proj
     trained = _trained_as_whole(enc, vit.parameters())
-    m = _mult(training, trained, trained)
+    m = matmul_multiplier(training, trained, trained)
     patch = 2.0 * batch * g * g * conv.in_channels * p * p * conv.out_channels * \
-        _mult(training, trained, False)
+        matmul_multiplier(training, trained, False)
     linear = attn = 0.0
     for block in vit.blocks:
         linear += sum(2.0 * n * layer.in_features * layer.out_features
@@ -315,7 +316,7 @@ def _projector_flops(proj, tokens: int, training: bool, input_grad: bool) -> flo
         if isinstance(layer, torch.nn.Linear):
             w = layer.weight.requires_grad
             total += 2.0 * tokens * layer.in_features * layer.out_features * \
-                _mult(training, w, needs)
+                matmul_multiplier(training, w, needs)
             needs = needs or w
     return total
 
@@ -328,9 +329,9 @@ def projector_flops(model, batch: int, training: bool = False) -> Dict[str, floa
     k = model.llm_image_grid
     out = dict(projector=_projector_flops(model.projector, batch * k * k, training, feats_grad))
     if getattr(model, 'mask_encoder', None) is None:
-        mask_proj = model.mask_projector if model.separate_mm_projector else model.projector
-        out['mask_projector'] = _projector_flops(mask_proj, batch * enc.grid_size ** 2 *
-                                                 enc.num_scales, training, feats_grad)
+        out['mask_projector'] = _projector_flops(
+            model.decoder_projector, batch * enc.grid_size ** 2 * enc.num_scales, training,
+            feats_grad)
     return out
 
 
@@ -344,9 +345,9 @@ def _attention(dim: int, inner: int, q: int, kv: int, training: bool = False,
     ``q_grad`` / ``kv_grad``: whether the query / key-value inputs need a gradient.
     """
     w = weight_trained
-    proj = 2.0 * (q * dim * inner * _mult(training, w, q_grad)
-                  + 2 * kv * dim * inner * _mult(training, w, kv_grad)
-                  + q * inner * dim * _mult(training, w, q_grad or kv_grad or w))
+    proj = 2.0 * (q * dim * inner * matmul_multiplier(training, w, q_grad)
+                  + 2 * kv * dim * inner * matmul_multiplier(training, w, kv_grad)
+                  + q * inner * dim * matmul_multiplier(training, w, q_grad or kv_grad or w))
     qk = 2.0 * q * kv * inner * _product_mult(training, w or q_grad, w or kv_grad)
     av = 2.0 * q * kv * inner * _product_mult(training, w or q_grad or kv_grad, w or kv_grad)
     return proj, qk + av
@@ -376,7 +377,7 @@ def two_way_transformer_flops(depth: int, dim: int, inner: int, mlp_dim: int, to
     for _ in range(depth):
         sp, sa = _attention(dim, dim, tokens, tokens, training, w, t, t)
         tp, ta = _attention(dim, inner, tokens, pixels, training, w, t, image_grad)
-        mlp = 2.0 * 2 * tokens * dim * mlp_dim * _mult(training, w, t)
+        mlp = 2.0 * 2 * tokens * dim * mlp_dim * matmul_multiplier(training, w, t)
         ip, ia = _attention(dim, inner, pixels, tokens, training, w, image_grad, t)
         total += sp + sa + tp + ta + mlp + ip + ia
         image_grad = image_grad or t
@@ -387,11 +388,15 @@ def two_way_transformer_flops(depth: int, dim: int, inner: int, mlp_dim: int, to
 def _pixel_decoder_flops(dec, num_targets: int, batch: int, training: bool = False,
                          feats_grad: bool = True) -> Dict[str, float]:
     """PixelLM's decoder. The image neck runs once per image and scale; everything else once
-    per target and scale; nothing runs without targets."""
+    per target and scale; nothing runs without targets. A frozen neck (``train_neck=False``) or
+    fusion weights (``learn_fusion_weights=False``) take no weight gradient, and the first
+    scale's image embedding needs a gradient only when the neck or the features it reads train."""
     if num_targets == 0:
         return dict(decoder_prompt=0.0, decoder_neck=0.0, decoder_transformer=0.0,
                     decoder_upscale=0.0, decoder_pe=0.0)
-    m = _mult(training, True, True)
+    m = matmul_multiplier(training, True, True)
+    neck_trained = _trainable(dec.image_feature_neck)
+    necked_grad = neck_trained or feats_grad
     c_in, e, g = dec.in_channels, dec.embed_dim, dec.grid_size
     s, t = dec.num_scales, dec.tokens_per_scale
     tr = dec.transformers[0]
@@ -399,22 +404,32 @@ def _pixel_decoder_flops(dec, num_targets: int, batch: int, training: bool = Fal
     mlp_dim = tr.layers[0].mlp[0].out_features
     inner = tr.final_attn_token_to_image.q_proj.out_features
     nq = 1 + dec.num_mask_tokens + 1  # IoU token, mask tokens, the prompt
-    prompt = 2.0 * num_targets * s * t * (c_in * c_in + c_in * e + e)
-    neck = 2.0 * batch * s * g * g * (dec.feat_channels * e + 9 * e * e)
+    n_states = num_targets * s * t
+    prompt = 2.0 * n_states * (c_in * c_in + c_in * e) * m
+    prompt += 2.0 * n_states * e * matmul_multiplier(training, dec.token_fusion.requires_grad, True)
+    # The neck: a 1x1 conv from the features, then a 3x3 conv whose input needs a gradient
+    # when either the first conv or the features train.
+    neck = 2.0 * batch * s * g * g * (
+        dec.feat_channels * e * matmul_multiplier(training, neck_trained, feats_grad)
+        + 9 * e * e * matmul_multiplier(training, neck_trained, necked_grad))
     trans = up = pe = 0.0
     for level in range(s):
         hw = g * g if level == 0 else (2 * g) ** 2
         if level:
-            up += 2.0 * g * g * e * e * 4  # upsample_2x: ConvTranspose2d(e, e, 2, 2)
+            # upsample_2x: ConvTranspose2d(e, e, 2, 2) on the neck's output.
+            up += 2.0 * g * g * e * e * 4 * matmul_multiplier(training, True, necked_grad)
         pe += 2.0 * hw * 2 * (e // 2)  # PE matmul, computed once per level, no gradient
-        trans += two_way_transformer_flops(depth, e, inner, mlp_dim, nq, hw, training)
-        up += 2.0 * hw * e * (e // 8) * 4          # output_upscaling ConvTranspose2d(e, e/8, 2, 2)
-        up += 2.0 * (e * e + e * e + e * (e // 8))  # hypernetwork MLP on the first mask token
-        up += 2.0 * (e // 8) * 4 * hw               # hyper . upscaled features
-    return dict(decoder_prompt=prompt * m,
-                decoder_neck=neck * _mult(training, True, feats_grad),
+        # From the second scale on, the embedding is upsampled by trained weights and gated by
+        # the previous scale's mask, so it needs a gradient whenever anything trains.
+        trans += two_way_transformer_flops(depth, e, inner, mlp_dim, nq, hw, training,
+                                           image_grad=necked_grad or level > 0)
+        up += (2.0 * hw * e * (e // 8) * 4          # output_upscaling ConvTranspose2d(e, e/8, 2, 2)
+               + 2.0 * (e * e + e * e + e * (e // 8))  # hypernetwork MLP, first mask token
+               + 2.0 * (e // 8) * 4 * hw) * m          # hyper . upscaled features
+    return dict(decoder_prompt=prompt,
+                decoder_neck=neck,
                 decoder_transformer=trans * num_targets,
-                decoder_upscale=up * num_targets * m, decoder_pe=pe)
+                decoder_upscale=up * num_targets, decoder_pe=pe)
 
 
 def _mlp_flops(mlp, tokens: int) -> float:
@@ -445,7 +460,7 @@ def _lisa_decoder_flops(dec, num_targets: int, batch: int, training: bool = Fals
     for layer in fcs:
         w = layer.weight.requires_grad
         prompt += 2.0 * n * dec.tokens_per_scale * layer.in_features * layer.out_features * \
-            _mult(training, w, needs)
+            matmul_multiplier(training, w, needs)
     tr = md.transformer
     trained = _trainable(tr)
     nq = 1 + md.num_mask_tokens + dec.tokens_per_scale
@@ -457,11 +472,11 @@ def _lisa_decoder_flops(dec, num_targets: int, batch: int, training: bool = Fals
     up1, up2 = md.upscale_conv1, md.upscale_conv2
     hw1, hw2 = (2 * g) ** 2, (4 * g) ** 2
     up = 2.0 * g * g * up1.in_channels * up1.out_channels * 4 * \
-        _mult(training, up1.weight.requires_grad, grad)
+        matmul_multiplier(training, up1.weight.requires_grad, grad)
     up += 2.0 * hw1 * up2.in_channels * up2.out_channels * 4 * \
-        _mult(training, up2.weight.requires_grad, grad)
+        matmul_multiplier(training, up2.weight.requires_grad, grad)
     for mlp in md.output_hypernetworks_mlps:
-        up += _mlp_flops(mlp, 1) * _mult(training, _trainable(mlp), grad)
+        up += _mlp_flops(mlp, 1) * matmul_multiplier(training, _trainable(mlp), grad)
     up += 2.0 * md.num_mask_tokens * up2.out_channels * hw2 * _product_mult(training, grad, grad)
     pe = 2.0 * g * g * 2 * (e // 2)
     return dict(decoder_prompt=prompt, decoder_transformer=trans * n, decoder_upscale=up * n,
@@ -480,8 +495,8 @@ def pixel_decoder_flops(model, num_targets: int, batch: int,
     if getattr(model, 'mask_encoder', None) is not None:
         feats_grad = _trainable(model.mask_encoder)
     else:
-        proj = model.mask_projector if model.separate_mm_projector else model.projector
-        feats_grad = _trainable(model.vision_encoder) or _trainable(proj)
+        feats_grad = (_trainable(model.vision_encoder)
+                      or _trainable(model.decoder_projector))
     return component_flops(model.pixel_decoder, 'pixel_decoder', num_targets, batch, training,
                            feats_grad)
 

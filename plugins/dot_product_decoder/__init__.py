@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pixellm.analysis.flops import flop_formula
+from pixellm.analysis.flops import flop_formula, matmul_multiplier
 from pixellm.models.pixel_decoders import BasePixelDecoder
 from pixellm.registry import MODELS
 
@@ -36,8 +36,8 @@ def dot_product_decoder_flops(dec, num_targets, batch, training=False, feats_gra
     projection per target, the dot product per target (x3 when trained: input and weight grads)."""
     g, c, f = dec.grid_size, dec.in_channels, dec.feat_channels
     e = dec.target_proj[-1].out_features
-    m = 3 if training else 1
-    first = 1 + int(feats_grad) + 1 if training else 1  # the first conv's input may need no grad
+    m = matmul_multiplier(training, True, True)
+    first = matmul_multiplier(training, True, feats_grad)  # its input may need no gradient
     head = 2.0 * batch * dec.num_scales * g * g * (f * e * first + 10 * e * e * m)
     return dict(decoder_head=head, decoder_prompt=2.0 * num_targets * (c * c + c * e) * m,
                 decoder_product=2.0 * num_targets * e * (4 * g) ** 2 * m)

@@ -161,6 +161,32 @@ def test_lisa_decoder_variants_match_flop_counter(tokens, counts, feats_grad):
     assert _counted(train) == pytest.approx(sum(analytic.values()), rel=REL_TOL)
 
 
+@pytest.mark.parametrize('train_neck, feats_grad', [(False, True), (False, False), (True, False)],
+                         ids=['recipe', 'frozen_features', 'trained_neck'])
+def test_pixellm_decoder_variants_match_flop_counter(train_neck, feats_grad):
+    """PixelLM-7B's decoder at its shapes, on the meta device: frozen neck and fusion weights as
+    the recipe sets them (features from trained projectors), with features that need no
+    gradient, and with the neck and fusion weights trained; an image without targets."""
+    dec = build_on_meta(load_config(MODEL_7B_CFG).model).pixel_decoder
+    assert not flops._trainable(dec.image_feature_neck) and not dec.token_fusion.requires_grad
+    if train_neck:
+        dec.image_feature_neck.requires_grad_(True)
+        dec.token_fusion.requires_grad_(True)
+    counts = (3, 0, 2)
+    feats = [torch.empty(len(counts), dec.grid_size ** 2, dec.feat_channels, device='meta',
+                         requires_grad=feats_grad) for _ in range(dec.num_scales)]
+    states = [torch.empty(n, dec.num_scales, dec.tokens_per_scale, dec.in_channels,
+                          device='meta', requires_grad=True) for n in counts]
+
+    def train():
+        sum(m.sum() for m in dec(states, feats)).backward()
+
+    analytic = flops.component_flops(dec, 'pixel_decoder', sum(counts), len(counts), True,
+                                     feats_grad)
+    # Exactly: the fusion weights' gradient is a few thousand FLOPs of about 1e11.
+    assert _counted(train) == sum(analytic.values())
+
+
 def test_trained_sam_encoder_with_padded_windows_matches_flop_counter():
     """A trained SAM-layout encoder whose grid (8) is not a multiple of its window (3): forward
     and backward over the padded windows; a partly trained one is refused."""

@@ -499,8 +499,10 @@ def parse_args(argv=None):
     parser.add_argument('--data-batches', type=int, default=None, metavar='N',
                         help='with --flops-only: count the training step on the first N batches '
                              'of the config\'s train_dataloader (its data must be present) '
-                             'instead of synthetic ones, and report the mean (--batch-size, '
-                             '--seq-len and --targets then shape the question only)')
+                             'instead of synthetic ones, and report the mean (the data\'s '
+                             'batches replace --batch-size, --seq-len and --targets in the '
+                             'training step; with --mode both the last two still shape the '
+                             'question)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default=None,
                         help='override config keys, e.g. to shrink a recipe for a dry run')
     add_debug_argument(parser)

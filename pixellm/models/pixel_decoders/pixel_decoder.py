@@ -199,7 +199,8 @@ class PixelDecoder(BasePixelDecoder):
         necked = self.image_feature_neck(feats.flatten(0, 1).to(prompts.dtype))
         necked = necked.view(b, s, *necked.shape[1:])
         owner = torch.repeat_interleave(torch.arange(len(counts), device=prompts.device),
-                                        torch.tensor(counts, device=prompts.device))
+                                        torch.tensor(counts, device=prompts.device),
+                                        output_size=total)
         fused, previous = None, None
         for level in range(self.num_scales):
             # index_select, not necked[owner, level]: on a CPU, the backward of advanced indexing

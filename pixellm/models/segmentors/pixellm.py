@@ -245,6 +245,12 @@ class PixelLM(BaseModel):
         """Whether the image is written ``<im_start><image><im_end>`` (the text processor's)."""
         return self.text_processor.use_im_start_end
 
+    @property
+    def decoder_projector(self) -> nn.Module:
+        """The projector between the vision encoder and the pixel decoder: ``mask_projector``
+        with ``separate_mm_projector``, else the LLM's ``projector``."""
+        return self.mask_projector if self.separate_mm_projector else self.projector
+
     def _extend_vocabulary(self) -> None:
         """Bind the codebook to its token ids and give every added token a trainable row."""
         self.codebook.bind(self.text_processor.codebook_token_ids)
@@ -279,8 +285,7 @@ class PixelLM(BaseModel):
             token_mask = F.interpolate(keep, (k, k), mode='nearest').flatten(1).bool()
         else:
             token_mask = torch.ones(b, k * k, dtype=torch.bool, device=images.device)
-        projector = self.mask_projector if self.separate_mm_projector else self.projector
-        decoder_feats = [projector(f) for f in feats]
+        decoder_feats = [self.decoder_projector(f) for f in feats]
         return llm_tokens, token_mask, decoder_feats
 
     def _llm_image_tokens(self, select: torch.Tensor) -> torch.Tensor:

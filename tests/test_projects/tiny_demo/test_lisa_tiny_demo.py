@@ -50,8 +50,7 @@ def test_tiny_lisa_trains_every_part(data_root, tmp_path):
 
 # Iterations of batch 8 for the learning test: about 30 s on 2 cores. The 20 questions of 8 scenes
 # reach gIoU 0.68 / 0.67 / 0.71 at seeds 0 / 1 / 2 from random weights, against 0.32 for the best
-# trivial predictor (the union of all objects) on the same questions; without the [SEG] state
-# reaching the mask decoder, training gets no further than the trivial predictor.
+# trivial predictor (the union of all objects) on the same questions.
 LEARN_ITERS = 200
 
 
