@@ -214,20 +214,25 @@ def _trained_as_whole(enc, params) -> bool:
     return True in flags
 
 
+def _patch_embed_flops(patches: int, pixels: int, width: int, training: bool,
+                       trained: bool) -> float:
+    """The patch embedding: one ``pixels -> width`` matmul per patch. The images need no
+    gradient, so it never computes an input gradient."""
+    return 2.0 * patches * pixels * width * matmul_multiplier(training, trained, False)
+
+
 def _clip_flops(enc, batch: int, training: bool = False) -> Dict[str, float]:
     """CLIP vision tower: patch embedding and the layers run (up to the deepest selected one)."""
     cfg = enc.config
     c, f, p = cfg.hidden_size, cfg.intermediate_size, enc.patch_size
     patches = enc.grid_size ** 2
     n = patches + 1
-    num_layers = cfg.num_hidden_layers
-    run = max(i % (num_layers + 1) for i in enc.select_layers)
+    run = enc.layers_run
     vm = enc.vision_model
     trained = _trained_as_whole(enc, [*vm.embeddings.parameters(), *vm.pre_layrnorm.parameters(),
                                       *(p for layer in vm.encoder.layers[:run]
                                         for p in layer.parameters())])
-    # The images need no gradient: the patch embedding never computes an input gradient.
-    patch = 2.0 * batch * patches * 3 * p * p * c * matmul_multiplier(training, trained, False)
+    patch = _patch_embed_flops(batch * patches, 3 * p * p, c, training, trained)
     m = matmul_multiplier(training, trained, trained)
     layers = 2.0 * batch * n * (4 * c * c + 2 * c * f) * run * m
     attn = 4.0 * batch * n * n * c * run * m
@@ -250,7 +255,7 @@ def _sam_flops(enc, batch: int, training: bool = False) -> Dict[str, float]:
     out = vit.neck.conv1.out_channels
     trained = _trained_as_whole(enc, vit.parameters())
     m = matmul_multiplier(training, trained, trained)
-    patch = 2.0 * batch * g * g * 3 * p * p * c * matmul_multiplier(training, trained, False)
+    patch = _patch_embed_flops(batch * g * g, 3 * p * p, c, training, trained)
     linear = attn = 0.0
     for i in range(cfg.num_hidden_layers):
         w = cfg.window_size if i not in cfg.global_attn_indexes else 0
@@ -278,8 +283,8 @@ def _timm_vit_flops(enc, batch: int, training: bool = False) -> Dict[str, float]
     conv = vit.patch_embed.proj
     trained = _trained_as_whole(enc, vit.parameters())
     m = matmul_multiplier(training, trained, trained)
-    patch = 2.0 * batch * g * g * conv.in_channels * p * p * conv.out_channels * \
-        matmul_multiplier(training, trained, False)
+    patch = _patch_embed_flops(batch * g * g, conv.in_channels * p * p, conv.out_channels,
+                               training, trained)
     linear = attn = 0.0
     for block in vit.blocks:
         linear += sum(2.0 * n * layer.in_features * layer.out_features

@@ -176,10 +176,24 @@ def bench_train(model, cfg, args, device: str, dtype: torch.dtype) -> Dict:
             model.train_step(data, wrapper)
 
     times = _timed(step, args.steps, args.warmup, device)
-    flops = train_step_flops(model, args.batch_size, args.seq_len,
-                             args.targets * args.batch_size)
-    return _report('train', times, flops, args.batch_size, args.batch_size * args.seq_len,
+    return _report('train', times, synthetic_train_flops(model, args), args.batch_size,
+                   args.batch_size * args.seq_len,
                    dict(seq_len=args.seq_len, targets_per_sample=args.targets))
+
+
+def synthetic_train_flops(model, args) -> Dict[str, float]:
+    """FLOPs of a training step on ``--batch-size`` synthetic sequences of ``--seq-len`` tokens
+    with ``--targets`` targets each."""
+    return train_step_flops(model, args.batch_size, args.seq_len, args.targets * args.batch_size)
+
+
+def synthetic_question(model, args):
+    """The benchmark's question: ``(images, samples, prompt_len)`` of one synthetic image and
+    prompt; fills in the default ``--new-tokens``."""
+    if args.new_tokens is None:
+        args.new_tokens = default_new_tokens(model, args.targets)
+    images, samples = synthetic_batch(model, 1, args.seq_len, args.targets)
+    return images, samples, prompt_length(model, samples[0])
 
 
 def answer_ids(model, targets: int) -> List[int]:
@@ -262,12 +276,9 @@ def bench_infer(model, args, device: str, dtype: torch.dtype) -> Dict:
     It only edits logits; every forward still runs in full.
     """
     model.eval()
-    if args.new_tokens is None:
-        args.new_tokens = default_new_tokens(model, args.targets)
+    images, samples, prompt_len = synthetic_question(model, args)
     model.max_new_tokens = args.new_tokens
     steer = GenerationSteer(model, forced_answer_ids(model, args.targets, args.new_tokens))
-    images, samples = synthetic_batch(model, 1, args.seq_len, args.targets)
-    prompt_len = prompt_length(model, samples[0])
     result = {}
 
     def step():
@@ -428,22 +439,24 @@ def count_flops(model, cfg, args) -> List[Dict]:
         runs.append(data_train_flops(model, cfg, args.data_batches))
     elif args.mode in ('train', 'both'):
         synthetic_batch(model, 1, args.seq_len, args.targets)  # the targets fit in --seq-len
-        flops = train_step_flops(model, args.batch_size, args.seq_len,
-                                 args.targets * args.batch_size)
+        flops = synthetic_train_flops(model, args)
         runs.append(dict(mode='train', batch_size=args.batch_size, seq_len=args.seq_len,
                          targets_per_sample=args.targets, flops_per_step=sum(flops.values()),
                          flops_breakdown=dict(flops)))
     if args.mode in ('infer', 'both'):
-        if args.new_tokens is None:
-            args.new_tokens = default_new_tokens(model, args.targets)
-        _, samples = synthetic_batch(model, 1, args.seq_len, args.targets)
-        prompt_len = prompt_length(model, samples[0])
+        _, _, prompt_len = synthetic_question(model, args)
         masks = fitting_targets(model, args.targets, args.new_tokens)
         flops = generate_flops(model, prompt_len, args.new_tokens, masks)
         runs.append(dict(mode='infer', batch_size=1, prompt_len=prompt_len,
                          new_tokens=args.new_tokens, predicted_masks=masks,
                          flops_per_step=sum(flops.values()), flops_breakdown=dict(flops)))
     return runs
+
+
+def _print_breakdown(run: Dict) -> None:
+    print(f'  {"FLOPs per step":<22}{run["flops_per_step"]:>14.4e}')
+    for name, val in run['flops_breakdown'].items():
+        print(f'    {name:<24}{val:>14.4e}')
 
 
 def _print_table(result: Dict) -> None:
@@ -457,9 +470,7 @@ def _print_table(result: Dict) -> None:
         print(f'  samples/s {r["samples_per_s"]:.3f}  tokens/s {r["tokens_per_s"]:.1f}  '
               f'achieved {r["achieved_tflops"]:.4f} TFLOP/s  MFU {r["mfu"]*100:.2f}%  '
               f'peak memory {r["peak_memory_bytes"]/2**20:.0f} MiB')
-        print(f'  {"FLOPs per step":<22}{r["flops_per_step"]:>14.4e}')
-        for name, val in r['flops_breakdown'].items():
-            print(f"    {name:<24}{val:>14.4e}")
+        _print_breakdown(r)
 
 
 def parse_args(argv=None):
@@ -568,9 +579,8 @@ def flops_only(cfg, args) -> Dict:
         else:
             shape = (f'batch {r["batch_size"]} x {r["seq_len"]} tokens, '
                      f'{r["targets_per_sample"]} targets each')
-        print(f'\n[{r["mode"]}] {shape}\n  {"FLOPs per step":<22}{r["flops_per_step"]:>14.4e}')
-        for name, val in r['flops_breakdown'].items():
-            print(f"    {name:<24}{val:>14.4e}")
+        print(f'\n[{r["mode"]}] {shape}')
+        _print_breakdown(r)
     if args.out:
         _write(result, args.out)
     return result

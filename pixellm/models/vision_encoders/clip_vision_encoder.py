@@ -122,8 +122,7 @@ class CLIPVisionEncoder(BaseVisionEncoder):
         else:
             # The layers past the deepest selected one and the final layer norm never run (see
             # forward); frozen, so DDP sees no trainable weight without a gradient.
-            deepest = max(i % (num_layers + 1) for i in self.select_layers)
-            for layer in self.vision_model.encoder.layers[deepest:]:
+            for layer in self.vision_model.encoder.layers[self.layers_run:]:
                 layer.requires_grad_(False)
             post_norm = getattr(self.vision_model, 'post_layernorm', None)
             if post_norm is not None:
@@ -140,6 +139,13 @@ class CLIPVisionEncoder(BaseVisionEncoder):
             tuple[str]: ``('CLIPEncoderLayer',)``.
         """
         return ('CLIPEncoderLayer', )
+
+    @property
+    def layers_run(self) -> int:
+        """Transformer layers a forward runs: up to the deepest selected one (hidden state ``i``
+        is the output of layer ``i``, 0 the embeddings; negative indices count from the end)."""
+        num_layers = self.config.num_hidden_layers
+        return max(i % (num_layers + 1) for i in self.select_layers)
 
     @property
     def image_size(self) -> int:
