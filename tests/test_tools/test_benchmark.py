@@ -402,6 +402,23 @@ def test_profile_writes_operator_tables_and_part_times(bench, tmp_path):
         assert len(parts['llm']) == 5  # name, host, kernel and device-span ms, calls
 
 
+@pytest.mark.parametrize('options, message', [
+    (['--flops-only', '--steps', '3', '--device', 'cpu'],
+     '--device, --steps time the steps; --flops-only runs none'),
+    (['--flops-only', '--profile', 'prof'], '--profile time the steps; --flops-only runs none'),
+    (['--data-batches', '2'], '--data-batches counts the training step on the config\'s data'),
+    (['--flops-only', '--mode', 'infer', '--data-batches', '2'], '--data-batches counts'),
+    (['--flops-only', '--data-batches', '0'], '--data-batches must be at least 1, got 0'),
+    (['--flops-only', '--seq-len', '0'], '--seq-len must be at least 1, got 0'),
+])
+def test_options_it_would_ignore_or_cannot_use_are_refused(bench, options, message):
+    """One line naming the options, before any model is built."""
+    with pytest.raises(SystemExit) as exc:
+        bench.main([DEMO_CFG, *options])
+    assert str(exc.value).startswith(f'error: {message}'), exc.value
+    assert '\n' not in str(exc.value)
+
+
 def test_an_llm_block_of_another_shape_is_refused(bench):
     """The FLOP formulas are LLaMA's; a block with other linears stops the count."""
     with_lora = build_on_meta(tiny_model_cfg())  # LoRA wrappers are looked through

@@ -480,8 +480,9 @@ def parse_args(argv=None):
     parser.add_argument('--mode', choices=('train', 'infer', 'both'), default='both')
     parser.add_argument('--batch-size', type=int, default=None,
                         help='training batch; defaults to the config\'s train batch size')
-    parser.add_argument('--steps', type=int, default=5)
-    parser.add_argument('--warmup', type=int, default=1)
+    parser.add_argument('--steps', type=int, default=None, help='timed steps per mode (5)')
+    parser.add_argument('--warmup', type=int, default=None,
+                        help='untimed steps before them (1)')
     parser.add_argument('--dtype', choices=('bf16', 'fp32'), default=None,
                         help='autocast dtype; defaults to bf16 on CUDA, fp32 on CPU')
     parser.add_argument('--device', choices=('cpu', 'cuda'), default=None)
@@ -534,8 +535,14 @@ def check_args(args, cfg) -> None:
         if cfg.get('train_dataloader') is None:
             refuse(f'{args.config}: --data-batches reads train_dataloader, which the config has '
                    'not')
-    if args.flops_only and args.profile:
-        refuse('--profile times the steps; --flops-only runs none')
+    if args.flops_only:
+        timing = [f'--{name.replace("_", "-")}' for name in
+                  ('profile', 'device', 'dtype', 'steps', 'warmup', 'peak_size', 'threads')
+                  if getattr(args, name) is not None]
+        if timing:
+            refuse(f'{", ".join(timing)} time the steps; --flops-only runs none')
+    args.steps = 5 if args.steps is None else args.steps
+    args.warmup = 1 if args.warmup is None else args.warmup
     for name in ('new_tokens', 'steps', 'batch_size', 'seq_len'):
         value = getattr(args, name)
         if value is not None and value < 1:
