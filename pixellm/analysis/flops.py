@@ -28,8 +28,10 @@ import torch
 
 from pixellm.utils.cli import UserError
 
-__all__ = ['FlopCountError', 'flop_formula', 'component_flops', 'llm_flops', 'llm_flops_per_token',
-           'train_step_flops', 'forward_flops', 'generate_flops', 'check_llm_block']
+__all__ = ['FlopCountError', 'flop_formula', 'component_flops', 'matmul_multiplier', 'llm_flops',
+           'llm_flops_per_token', 'train_step_flops', 'forward_flops', 'generate_flops',
+           'check_llm_block']
+
 
 class FlopCountError(UserError, ValueError):
     """A part of the model that the formulas cannot count: a component class without a formula,
@@ -169,7 +171,13 @@ def llm_flops(model, tokens: int, context: int, batch: int = 1, training: bool =
     """
     s = llm_shapes(model)
     check_llm_block(model, s)
-    if base_trained is None:
+    return _llm_flops(model, s, tokens, context, batch, training, base_trained, head_tokens)
+
+
+def _llm_flops(model, s: Dict, tokens: int, context: int, batch: int, training: bool,
+               base_trained: Optional[bool], head_tokens: Optional[int]) -> Dict[str, float]:
+    """:func:`llm_flops` on shapes ``s`` already checked by :func:`check_llm_block`."""
+    if training and base_trained is None:
         base_trained = any(p.requires_grad for n, p in model.llm.hf_model.named_parameters()
                            if 'lora_' not in n)
     # The added token rows train, so every LLM activation needs an input gradient.
@@ -315,9 +323,11 @@ def encoder_flops(model, batch: int, training: bool = False) -> Dict[str, float]
 
 
 # ----------------------------------------------------------------------------- projectors
-def _projector_flops(proj, tokens: int, training: bool, input_grad: bool) -> float:
+def _linear_chain_flops(layers, tokens: int, training: bool, input_grad: bool) -> float:
+    """The linears of a sequence of layers (a projector, ``text_hidden_fcs``) on ``tokens``
+    rows; a linear's input needs a gradient once its input did or a linear before it trains."""
     total, needs = 0.0, input_grad
-    for layer in proj.layers:
+    for layer in layers:
         if isinstance(layer, torch.nn.Linear):
             w = layer.weight.requires_grad
             total += 2.0 * tokens * layer.in_features * layer.out_features * \
@@ -332,10 +342,11 @@ def projector_flops(model, batch: int, training: bool = False) -> Dict[str, floa
     enc = model.vision_encoder
     feats_grad = _trainable(enc)
     k = model.llm_image_grid
-    out = dict(projector=_projector_flops(model.projector, batch * k * k, training, feats_grad))
+    out = dict(projector=_linear_chain_flops(model.projector.layers, batch * k * k, training,
+                                             feats_grad))
     if getattr(model, 'mask_encoder', None) is None:
-        out['mask_projector'] = _projector_flops(
-            model.decoder_projector, batch * enc.grid_size ** 2 * enc.num_scales, training,
+        out['mask_projector'] = _linear_chain_flops(
+            model.decoder_projector.layers, batch * enc.grid_size ** 2 * enc.num_scales, training,
             feats_grad)
     return out
 
@@ -460,12 +471,8 @@ def _lisa_decoder_flops(dec, num_targets: int, batch: int, training: bool = Fals
     if n == 0:
         return dict(decoder_prompt=0.0, decoder_transformer=0.0, decoder_upscale=0.0,
                     decoder_iou_head=0.0, decoder_pe=0.0)
-    fcs = [m for m in dec.text_hidden_fcs if isinstance(m, torch.nn.Linear)]
-    prompt, needs = 0.0, True  # the [SEG] states come from the LLM, which trains
-    for layer in fcs:
-        w = layer.weight.requires_grad
-        prompt += 2.0 * n * dec.tokens_per_scale * layer.in_features * layer.out_features * \
-            matmul_multiplier(training, w, needs)
+    # The [SEG] states come from the LLM, which trains.
+    prompt = _linear_chain_flops(dec.text_hidden_fcs, n * dec.tokens_per_scale, training, True)
     tr = md.transformer
     trained = _trainable(tr)
     nq = 1 + md.num_mask_tokens + dec.tokens_per_scale
@@ -559,9 +566,12 @@ def generate_flops(model, prompt_len: int, new_tokens: int, num_targets: int,
     out = OrderedDict()
     out.update(encoder_flops(model, batch))
     out.update(projector_flops(model, batch))
-    pre = llm_flops(model, prompt_len, prompt_len, batch, head_tokens=1)
+    s = llm_shapes(model)
+    check_llm_block(model, s)
+    pre = _llm_flops(model, s, prompt_len, prompt_len, batch, False, None, head_tokens=1)
     for step in range(1, new_tokens):
-        for key, val in llm_flops(model, 1, prompt_len + step, batch).items():
+        for key, val in _llm_flops(model, s, 1, prompt_len + step, batch, False, None,
+                                   None).items():
             pre[key] += val
     out.update(pre)
     out.update(pixel_decoder_flops(model, num_targets, batch))

@@ -237,10 +237,9 @@ class CLIPVisionEncoder(BaseVisionEncoder):
         if self.mask_padding and valid_hw is not None:
             mask = self._padding_mask(valid_hw, hidden.dtype, hidden.device)
         num_layers = len(vm.encoder.layers)
-        wanted = sorted({i % (num_layers + 1) for i in self.select_layers})
         states = {0: hidden}
         # Layers past the deepest selected one are never run (PixelLM drops CLIP's last layer).
-        for index, layer in enumerate(vm.encoder.layers[:wanted[-1]], start=1):
+        for index, layer in enumerate(vm.encoder.layers[:self.layers_run], start=1):
             hidden = layer(hidden, mask)
             if isinstance(hidden, tuple):  # older transformers return (hidden_states,)
                 hidden = hidden[0]
