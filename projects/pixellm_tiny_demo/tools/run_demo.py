@@ -66,6 +66,21 @@ def stage_one_line(metrics_file, work_dir):
             f'{metrics["mIoU"]:.2f}% (mmseg IoUMetric{where})')
 
 
+def train_and_test(prefix, config, work_dir, encoder, timings, *test_options):
+    """Steps ``<prefix>train`` (``config`` from the stage-1 tower ``encoder``) and
+    ``<prefix>test`` (its last checkpoint, ``test_options`` added); return the checkpoint, the
+    metrics file and the metrics."""
+    py = sys.executable
+    run(f'{prefix}train', [py, 'tools/train.py', config, '--work-dir', work_dir, '--cfg-options',
+                           f'model.vision_encoder.pretrained={encoder}'], timings)
+    checkpoint = read_checkpoint(work_dir)
+    metrics_file = osp.join(work_dir, 'test_metrics.json')
+    run(f'{prefix}test', [py, 'tools/test.py', config, checkpoint, '--work-dir', work_dir,
+                          *test_options, '--out', metrics_file], timings)
+    with open(osp.join(REPO, metrics_file)) as f:
+        return checkpoint, metrics_file, json.load(f)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--config', default=CONFIG)
@@ -98,29 +113,16 @@ def main():
     if not osp.isfile(osp.join(encoder, 'config.json')):
         sys.exit(f'stage 1 wrote no vision tower at {encoder} (its config sets '
                  'SaveVisionEncoderHook.out_dir); stage 2 needs it')
-    run('train', [py, 'tools/train.py', args.config, '--work-dir', work_dir, '--cfg-options',
-                  f'model.vision_encoder.pretrained={encoder}'], timings)
-    checkpoint = read_checkpoint(work_dir)
-    metrics_file = osp.join(work_dir, 'test_metrics.json')
     overlays = osp.join(work_dir, 'overlays')
-    run('test', [py, 'tools/test.py', args.config, checkpoint, '--work-dir', work_dir,
-                 '--show-dir', overlays, '--out', metrics_file], timings)
+    checkpoint, metrics_file, model = train_and_test('', args.config, work_dir, encoder, timings,
+                                                     '--show-dir', overlays)
     lisa = None
     if not args.skip_lisa:
-        run('lisa train', [py, 'tools/train.py', args.lisa_config, '--work-dir',
-                           args.lisa_work_dir, '--cfg-options',
-                           f'model.vision_encoder.pretrained={encoder}'], timings)
-        lisa_checkpoint = read_checkpoint(args.lisa_work_dir)
-        lisa_metrics = osp.join(args.lisa_work_dir, 'test_metrics.json')
-        run('lisa test', [py, 'tools/test.py', args.lisa_config, lisa_checkpoint, '--work-dir',
-                          args.lisa_work_dir, '--out', lisa_metrics], timings)
-        with open(osp.join(REPO, lisa_metrics)) as f:
-            lisa = json.load(f)
+        lisa_checkpoint, _, lisa = train_and_test('lisa ', args.lisa_config, args.lisa_work_dir,
+                                                  encoder, timings)
     baselines_file = osp.join(work_dir, 'trivial_baselines.json')
     run('baselines', [py, 'tools/analysis/trivial_baselines.py', args.config, '--out',
                       baselines_file], timings)
-    with open(osp.join(REPO, metrics_file)) as f:
-        model = json.load(f)
     with open(osp.join(REPO, baselines_file)) as f:
         baselines = json.load(f)
     best = max(baselines, key=lambda name: baselines[name]['gIoU'])
