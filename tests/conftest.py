@@ -3,6 +3,7 @@ as modules and captured log records."""
 import contextlib
 import importlib.util
 import logging
+import os
 import os.path as osp
 import sys
 
@@ -99,12 +100,15 @@ def fit_loss_term(model, data, key, params, steps=30, lr=3e-3):
     return first, value.item()
 
 
-def run_python(*args, timeout=300):
-    """Run ``python *args`` from the repository root; fail with its output's tail unless it exits
-    0; return stdout and stderr."""
+def run_python(*args, timeout=300, threads=None):
+    """Run ``python *args`` from the repository root (with ``threads`` OpenMP/MKL threads when
+    given); fail with its output's tail unless it exits 0; return stdout and stderr."""
     import subprocess
+    env = None
+    if threads is not None:
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     proc = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout + proc.stderr
 
@@ -149,8 +153,6 @@ def trained_tiny(tmp_path_factory):
     cfg_options)``, where ``cfg_options`` point the config's dataloaders at the data (single
     process, batch 1 for testing).
     """
-    import subprocess
-
     from projects.pixellm_tiny_demo.pixellm_tiny_demo import generate_muse_scenes
     root = tmp_path_factory.mktemp('trained_tiny')
     data_root = str(root / 'data')
@@ -160,11 +162,8 @@ def trained_tiny(tmp_path_factory):
                    'train_dataloader.num_workers=0', 'train_dataloader.persistent_workers=False',
                    'test_dataloader.num_workers=0', 'test_dataloader.batch_size=1']
     work = root / 'work'
-    proc = subprocess.run(
-        [sys.executable, 'tools/train.py', DEMO_CONFIG, '--work-dir', str(work), '--cfg-options',
-         *cfg_options, f'train_cfg.max_iters={TRAINED_TINY_ITERS}',
-         f'default_hooks.checkpoint.interval={TRAINED_TINY_ITERS}'],
-        cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_python('tools/train.py', DEMO_CONFIG, '--work-dir', str(work), '--cfg-options',
+               *cfg_options, f'train_cfg.max_iters={TRAINED_TINY_ITERS}',
+               f'default_hooks.checkpoint.interval={TRAINED_TINY_ITERS}', timeout=600)
     return dict(config=DEMO_CONFIG, checkpoint=str(work / f'iter_{TRAINED_TINY_ITERS}.pth'),
                 data_root=data_root, cfg_options=cfg_options)

@@ -1,14 +1,12 @@
 """The real tiny PixelLM through tools/train.py and tools/test.py: metrics, overlays, resume, plugin."""
 import json
-import os
 import os.path as osp
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
+from conftest import run_python
 from pycocotools import mask as mask_utils
 
 from projects.pixellm_tiny_demo.pixellm_tiny_demo import generate_muse_scenes
@@ -37,24 +35,14 @@ def overrides(data_root, iters, extra=()):
             *extra]
 
 
-def run(*args, threads=None):
-    env = None
-    if threads is not None:
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    proc = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=300, env=env)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout + proc.stderr
-
-
 def test_train_then_test_prints_both_metrics_and_writes_overlays(data_root, tmp_path):
     work = tmp_path / 'work'
-    run('tools/train.py', DEMO, '--work-dir', str(work), *overrides(data_root, 3))
+    run_python('tools/train.py', DEMO, '--work-dir', str(work), *overrides(data_root, 3))
     ckpt = work / 'iter_3.pth'
     assert open(work / 'last_checkpoint').read().strip() == str(ckpt)
     out_json, show = tmp_path / 'metrics.json', tmp_path / 'overlays'
     dump = tmp_path / 'dump' / 'predictions.json'
-    printed = run('tools/test.py', DEMO, str(ckpt), '--work-dir', str(work), '--out',
+    printed = run_python('tools/test.py', DEMO, str(ckpt), '--work-dir', str(work), '--out',
                   str(out_json), '--show-dir', str(show), '--dump', str(dump),
                   *overrides(data_root, 3))
     giou = re.search(r'^gIoU: ([0-9.]+)$', printed, re.M)
@@ -102,12 +90,12 @@ def test_killed_and_resumed_training_ends_bit_equal(data_root, tmp_path):
     full, part = tmp_path / 'full', tmp_path / 'part'
     # Bit-equality holds for one intra-op thread count: CPU sums split by thread (see
     # tools/analysis/check_determinism.py), so the three processes are given the same count.
-    run('tools/train.py', DEMO, '--work-dir', str(full), *overrides(data_root, 4), threads=2)
+    run_python('tools/train.py', DEMO, '--work-dir', str(full), *overrides(data_root, 4), threads=2)
     # The interrupted run stops after iteration 2 (its last checkpoint), then resumes to 4.
-    run('tools/train.py', DEMO, '--work-dir', str(part),
+    run_python('tools/train.py', DEMO, '--work-dir', str(part),
         *overrides(data_root, 4, ['train_cfg.max_iters=2', 'default_hooks.checkpoint.interval=2']),
         threads=2)
-    run('tools/train.py', DEMO, '--work-dir', str(part), '--resume', str(part / 'iter_2.pth'),
+    run_python('tools/train.py', DEMO, '--work-dir', str(part), '--resume', str(part / 'iter_2.pth'),
         *overrides(data_root, 4), threads=2)
     a = load_checkpoint_safely(str(full / 'iter_4.pth'))['state_dict']
     b = load_checkpoint_safely(str(part / 'iter_4.pth'))['state_dict']
@@ -120,14 +108,14 @@ def test_killed_and_resumed_training_ends_bit_equal(data_root, tmp_path):
     changed = sum(not torch.equal(start[k], a[k]) for k in a)
     assert changed > 0  # training did move the weights between the two checkpoints
     # Resuming on another thread count cannot be bit-equal, and the log says why.
-    printed = run('tools/train.py', DEMO, '--work-dir', str(tmp_path / 'other'), '--resume',
+    printed = run_python('tools/train.py', DEMO, '--work-dir', str(tmp_path / 'other'), '--resume',
                   str(part / 'iter_2.pth'), *overrides(data_root, 3), threads=1)
     assert 'the checkpoint was written with other numerics settings (threads 2 -> 1)' in printed
 
 
 def test_plugin_decoder_reaches_the_model_through_custom_imports(data_root, tmp_path):
     work = tmp_path / 'plugin'
-    run('tools/train.py', PLUGIN, '--work-dir', str(work), *overrides(data_root, 2))
+    run_python('tools/train.py', PLUGIN, '--work-dir', str(work), *overrides(data_root, 2))
     state = load_checkpoint_safely(str(work / 'iter_2.pth'))['state_dict']
     assert 'pixel_decoder.pixel_head.0.weight' in state
     # In-process: the same config loads the plugin and builds its decoder.
